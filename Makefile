@@ -1,0 +1,21 @@
+# Set-up and the two jobs named in the README. Everything installs into the active Python.
+PYTHON ?= python
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test bench
+
+# torch first, paired with its torchvision, so that nothing else can pull a second torch;
+# dall-e 0.1 declares unpinned torch/torchvision and test tools as dependencies, hence --no-deps.
+install:
+	$(PIP) install torch==2.13.0 torchvision==0.28.0
+	$(PIP) install --no-deps dall-e==0.1
+	$(PIP) install -e ".[dev]"
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/run_all.py

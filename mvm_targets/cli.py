@@ -1,0 +1,196 @@
+"""`mvmtargets`: synth | list | extract | verify | info | show. Thin: parsing and printing only."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mvm_targets.errors import MvmTargetsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Decode videos once, compute VIOLETv2's MVM targets, cache them in HDF5 shards.")
+
+CacheOpt = Annotated[Path, typer.Option("--cache", "--out", help="Cache folder.")]
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name (default: the input folder's name).")]
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Argument(help="Output folder.")],
+          clips: Annotated[int, typer.Option(help="Number of clips.")] = 64,
+          seed: Annotated[int, typer.Option(help="Random seed; the output is deterministic for it.")] = 0,
+          frames: Annotated[int, typer.Option(help="Frames per clip.")] = 24,
+          size: Annotated[int, typer.Option(help="Clip width and height in pixels.")] = 112) -> None:
+    """Write the synthetic video-text dataset (moving shapes, true captions, splits, QA)."""
+    from mvm_targets.synth import build_synthetic_dataset
+
+    summary = build_synthetic_dataset(out, clips=clips, seed=seed, num_frames=frames, size=size)
+    typer.echo(f"wrote {summary.clips} clips to {summary.out_dir} in {summary.seconds:.1f}s "
+               f"(captions: {Path(summary.out_dir) / 'captions.csv'})")
+
+
+@app.command("list")
+def list_command(frames: int = 4, size: int = 224) -> None:
+    """List the registered targets, their variants, grids, dtypes and per-clip shapes."""
+    from mvm_targets.targets import ALIASES, build_target, list_targets, list_variants
+
+    typer.echo(f"{'target':22} {'grid':6} {'dtype':8} {'shape (T=%d, S=%d)' % (frames, size):24} {'loss':4}  stored")
+    for name in list_targets():
+        for variant in list_variants(name):
+            try:
+                spec = build_target(f"{name}:{variant}").spec
+            except MvmTargetsError as error:
+                typer.echo(f"{name + ':' + variant:22} unavailable: {error}")
+                continue
+            shape = str(tuple(spec.clip_shape(frames, size)))
+            typer.echo(f"{name + ':' + variant:22} {spec.grid.value:6} {spec.dtype:8} {shape:24} {spec.loss:4}  "
+                       f"{'yes' if spec.stored else 'no (reads frames)'}")
+    typer.echo("aliases: " + ", ".join(f"{a} -> {p}" for a, p in ALIASES.items()))
+
+
+@app.command()
+def extract(
+    inputs: Annotated[list[Path], typer.Argument(help="Folders, path lists (.txt) or tables (.csv/.tsv).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder.")] = Path("cache"),
+    dataset: DatasetOpt = None,
+    frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
+    size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
+    device: Annotated[str, typer.Option(help="Device for model-based targets.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Clips per target computation.")] = 8,
+    workers: Annotated[int, typer.Option(help="Decode worker processes (0: decode inline).")] = 0,
+    shard_index: Annotated[Optional[int], typer.Option(help="This process's share (default: $RANK or 0).")] = None,
+    num_shards: Annotated[Optional[int], typer.Option(help="Number of shares (default: $WORLD_SIZE or 1).")] = None,
+    clips_per_shard: Annotated[int, typer.Option(help="Clips per HDF5 shard file.")] = 64,
+    short_videos: Annotated[str, typer.Option(help="Videos with fewer than T frames: skip or repeat.")] = "skip",
+    compression: Annotated[str, typer.Option(help="HDF5 compression: lzf, gzip or none.")] = "lzf",
+    retry_failed: Annotated[bool, typer.Option(help="Retry videos that failed in an earlier run.")] = False,
+    video_root: Annotated[Optional[Path], typer.Option(help="Folder that relative paths in lists refer to.")] = None,
+) -> None:
+    """Decode each video once and cache frames plus every requested target."""
+    from mvm_targets.extract import ExtractConfig, extract as run_extract
+    from mvm_targets.video.decode import SamplingConfig
+    from mvm_targets.video.inputs import default_dataset_name, discover_inputs
+
+    index = shard_index if shard_index is not None else int(os.environ.get("RANK", 0))
+    count = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= index < count:
+        raise MvmTargetsError(f"--shard-index {index} is outside 0..{count - 1}")
+    if short_videos not in ("skip", "repeat"):
+        raise MvmTargetsError(f"--short-videos must be 'skip' or 'repeat', got '{short_videos}'")
+    targets = _build_targets(target, device)
+    items = discover_inputs(inputs, video_root)
+    config = ExtractConfig(
+        cache_root=out, dataset=dataset or default_dataset_name(inputs),
+        sampling=SamplingConfig(num_frames=frames, size=size, short_videos=short_videos),
+        batch_size=batch_size, workers=workers, clips_per_shard=clips_per_shard,
+        compression=None if compression == "none" else compression, shard_index=index, num_shards=count,
+        retry_failed=retry_failed)
+    typer.echo(f"dataset '{config.dataset}': {len(items)} videos; targets: "
+               f"{', '.join(t.spec.target_id for t in targets)}; cache: {out / config.dataset / config.sampling.frames_id}"
+               + (f"; share {index}/{count}" if count > 1 else ""))
+    summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress))
+    failures = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
+    typer.echo(f"done {summary.done}, already done {summary.already_done}, failed {summary.failed}"
+               f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}; "
+               f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f}s")
+
+
+@app.command()
+def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
+    """Reopen every shard: shapes, dtypes, NaN/Inf, duplicates, coverage against the ledger."""
+    from mvm_targets.store.verify import verify_cache
+
+    report = verify_cache(cache, dataset)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    typer.echo(f"{report.shards} shards, {report.clips} clips checked: "
+               f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def info(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
+    """Summarise a cache: videos, targets, sizes and failures."""
+    from mvm_targets.store.summary import summarize_cache
+
+    summaries = summarize_cache(cache, dataset)
+    if not summaries:
+        raise MvmTargetsError(f"{cache}: no cached datasets found")
+    for summary in summaries:
+        typer.echo(f"{summary.dataset} / {summary.frames_id}: {summary.videos} videos in the manifest")
+        for s in summary.sets:
+            failures = ", ".join(f"{k} {v}" for k, v in sorted(s.failure_classes.items()))
+            typer.echo(f"  {s.set_id:28} {s.clips:6d} clips {s.shards:4d} shards {s.bytes / 1e6:9.1f} MB  "
+                       f"failed {s.failed}{f' ({failures})' if failures else ''}  skipped {s.skipped}")
+
+
+@app.command()
+def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00000.")],
+         target: Annotated[str, typer.Option("--target", "-t", help="Cached target to draw, e.g. hog, flow.")],
+         out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("show.png"),
+         cache: Annotated[Path, typer.Option("--cache", help="Cache folder.")] = Path("cache"),
+         dataset: DatasetOpt = None) -> None:
+    """Draw a clip's frames above what the model will regress for one target."""
+    from mvm_targets.show import render_target_panel
+    from mvm_targets.store.layout import list_datasets
+
+    names = list_datasets(cache)
+    if dataset is None and len(names) != 1:
+        raise MvmTargetsError(f"{cache}: pass --dataset (found: {', '.join(names) or 'none'})")
+    render_target_panel(cache, dataset or names[0], key, target, out)
+    typer.echo(f"wrote {out}")
+
+
+def _build_targets(refs: list[str], device: str):
+    from mvm_targets.targets import build_target, list_targets
+    from mvm_targets.targets.registry import _FACTORIES
+
+    expanded = list_targets() if "all" in refs else refs
+    targets = []
+    for ref in expanded:
+        name = ref.partition(":")[0]
+        factory = _FACTORIES.get(name)
+        options = {"device": device} if factory and "device" in inspect.signature(factory).parameters else {}
+        try:
+            targets.append(build_target(ref, **options))
+        except MvmTargetsError as error:
+            if "all" not in refs:
+                raise
+            typer.echo(f"skipping {ref}: {error}", err=True)
+    return targets
+
+
+def _with_progress(job):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("extract"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("extract", total=None, rate=0.0)
+
+        def update(completed: int, total: int) -> None:
+            elapsed = progress.tasks[0].elapsed or 0.0
+            progress.update(task, completed=completed, total=total,
+                            rate=completed / elapsed if elapsed > 0 else 0.0)
+
+        return job(update)
+
+
+def main() -> None:
+    try:
+        app()
+    except (MvmTargetsError, ValueError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: committed shards are kept; rerun the same command to continue", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

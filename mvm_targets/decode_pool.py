@@ -1,0 +1,73 @@
+"""Decode videos in order, inline or in worker processes, isolating native crashes.
+
+A decoder segfault in a worker breaks the pool; the videos that were in flight are retried in a
+fresh pool, and a video that is in flight during two crashes is reported as `DecoderCrashed`.
+"""
+
+from __future__ import annotations
+
+import collections
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from mvm_targets.errors import VideoError
+from mvm_targets.video.decode import DecodedClip, SamplingConfig, decode_clip
+from mvm_targets.video.inputs import VideoItem
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    error_class: str
+    message: str
+
+
+DecodeOutcome = DecodedClip | DecodeFailure
+
+
+def decode_one(item: VideoItem, config: SamplingConfig) -> DecodeOutcome:
+    """Never raises for a bad video: the failure comes back as a value (exceptions may not pickle)."""
+    try:
+        return decode_clip(item.key, item.path, config)
+    except VideoError as error:
+        return DecodeFailure(error.error_class, str(error))
+    except Exception as error:  # an unexpected decoder error must not stop the other videos
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        return DecodeFailure(type(error).__name__, f"{item.path}: {first_line}")
+
+
+def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
+                    workers: int) -> Iterator[tuple[VideoItem, DecodeOutcome]]:
+    """Yield (item, outcome) in input order; `workers` > 0 decodes ahead in that many processes."""
+    if workers <= 0:
+        for item in items:
+            yield item, decode_one(item, config)
+        return
+    pending = collections.deque(items)
+    crashes: collections.Counter[str] = collections.Counter()
+    in_flight: collections.deque[tuple[VideoItem, Future]] = collections.deque()
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < 2 * workers:
+                item = pending.popleft()
+                in_flight.append((item, pool.submit(decode_one, item, config)))
+            item, future = in_flight.popleft()
+            try:
+                yield item, future.result()
+            except BrokenProcessPool:
+                victims = [item] + [i for i, _ in in_flight]
+                in_flight.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=workers)
+                retry = []
+                for victim in victims:
+                    crashes[victim.key] += 1
+                    if crashes[victim.key] >= 2:
+                        yield victim, DecodeFailure("DecoderCrashed", f"{victim.path}: the decoder process crashed")
+                    else:
+                        retry.append(victim)
+                pending.extendleft(reversed(retry))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,255 @@
+"""The extraction loop behind `mvmtargets extract`.
+
+Each video is decoded once; that decode feeds every requested target. Work is split across
+processes by a stable hash of the key. Clips are committed in shards of `clips_per_shard`; the
+ledger is written after each commit, and reconciled with the committed shards at start-up, so a
+SIGKILL at any moment loses at most the clips buffered since the last commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mvm_targets.decode_pool import DecodeFailure, decode_in_order
+from mvm_targets.store import schema
+from mvm_targets.store.layout import ClipCache
+from mvm_targets.store.ledger import Ledger, LedgerEntry
+from mvm_targets.store.manifest import update_manifest
+from mvm_targets.store.shard_set import ClipRecord, ShardSet
+from mvm_targets.targets.spec import Target
+from mvm_targets.video.decode import DecodedClip, SamplingConfig
+from mvm_targets.video.inputs import VideoItem
+
+SKIP_CLASSES = {"TooShort"}  # the video is fine but not usable at this T: recorded as "skipped"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    cache_root: Path
+    dataset: str
+    sampling: SamplingConfig = SamplingConfig()
+    batch_size: int = 8  # clips per target computation
+    workers: int = 0  # decode processes; 0 decodes in this process
+    clips_per_shard: int = 64
+    compression: str | None = "lzf"
+    shard_index: int = 0
+    num_shards: int = 1
+    retry_failed: bool = False
+
+
+@dataclass
+class ExtractSummary:
+    videos: int = 0  # videos assigned to this process
+    done: int = 0  # videos newly completed for every requested set
+    already_done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)  # error class -> count
+    sets: list[str] = field(default_factory=list)
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Deterministic process assignment: the same key goes to the same shard on every machine."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % num_shards
+
+
+def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: ExtractConfig,
+            on_progress: Callable[[int, int], None] | None = None) -> ExtractSummary:
+    """Decode, compute and commit every (video, target) that is not done yet."""
+    started = time.perf_counter()
+    clip_cache = ClipCache(Path(config.cache_root) / config.dataset / config.sampling.frames_id)
+    mine = [item for item in items if shard_of(item.key, config.num_shards) == config.shard_index]
+    update_manifest(clip_cache.manifest_path, mine)
+    stored = [t for t in _unique(targets) if t.spec.stored]
+    sets = {schema.FRAMES_SET: clip_cache.frames} | {t.spec.target_id: clip_cache.target_set(t.spec.target_id)
+                                                      for t in stored}
+    ledger = Ledger(clip_cache.ledger_path)
+    _reconcile(ledger, sets)
+    summary = ExtractSummary(videos=len(mine), sets=list(sets))
+    work = _plan(mine, sets, ledger, config.retry_failed, summary)
+    writer = _BufferedWriter(sets, stored, config, clip_cache, ledger, summary)
+    completed = summary.already_done + summary.skipped
+    if on_progress:
+        on_progress(completed, len(mine))
+    try:
+        batch: list[tuple[DecodedClip, set[str]]] = []
+        missing_by_key = {item.key: missing for item, missing in work}
+        for item, outcome in decode_in_order([w for w, _ in work], config.sampling, config.workers):
+            missing = missing_by_key[item.key]
+            if isinstance(outcome, DecodeFailure):
+                writer.record_failure(item.key, missing, outcome.error_class, outcome.message)
+            else:
+                batch.append((outcome, missing))
+                if len(batch) >= config.batch_size:
+                    writer.add_batch(batch)
+                    batch = []
+            completed += 1
+            if on_progress:
+                on_progress(completed, len(mine))
+        writer.add_batch(batch)
+    finally:
+        writer.flush()  # on Ctrl-C too: clips already computed are committed, not lost
+        summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _unique(targets: Sequence[Target]) -> list[Target]:
+    by_id = {}
+    for target in targets:
+        by_id.setdefault(target.spec.target_id, target)
+    return list(by_id.values())
+
+
+def _reconcile(ledger: Ledger, sets: dict[str, ShardSet]) -> None:
+    """Shards are the truth: a clip committed just before a crash gets its missing 'done' line."""
+    latest = ledger.latest()
+    repairs = []
+    for set_id, shard_set in sets.items():
+        for shard_name, keys in shard_set.keys_by_shard().items():
+            for key in keys:
+                entry = latest.get((key, set_id))
+                if entry is None or entry.status != "done":
+                    repairs.append(LedgerEntry(key, set_id, "done", shard=shard_name, message="recovered after restart"))
+    ledger.append(repairs)
+
+
+def _plan(items: Sequence[VideoItem], sets: dict[str, ShardSet], ledger: Ledger, retry_failed: bool,
+          summary: ExtractSummary) -> list[tuple[VideoItem, set[str]]]:
+    """Which sets each video still needs; done and (unless retried) failed videos are left out."""
+    committed = {set_id: shard_set.committed_keys() for set_id, shard_set in sets.items()}
+    latest = ledger.latest()
+    work = []
+    for item in items:
+        missing = {set_id for set_id in sets if item.key not in committed[set_id]}
+        if not missing:
+            summary.already_done += 1
+            continue
+        earlier = [latest.get((item.key, s)) for s in missing]
+        if not retry_failed and any(e is not None and e.status in ("failed", "skipped") for e in earlier):
+            summary.skipped += 1  # failed before: reported by `info`, retried with --retry-failed
+            continue
+        work.append((item, missing))
+    return work
+
+
+class _BufferedWriter:
+    """Computes targets for batches of decoded clips and commits them shard by shard."""
+
+    def __init__(self, sets: dict[str, ShardSet], targets: list[Target], config: ExtractConfig,
+                 clip_cache: ClipCache, ledger: Ledger, summary: ExtractSummary):
+        self.sets, self.targets, self.config, self.ledger, self.summary = sets, targets, config, ledger, summary
+        self.buffers: dict[str, list[ClipRecord]] = {set_id: [] for set_id in sets}
+        self.pending_done: dict[str, set[str]] = {}  # key -> sets still to be committed
+        self.attrs = {set_id: _shard_attrs(config, set_id, targets) for set_id in sets}
+
+    def record_failure(self, key: str, set_ids: set[str], error_class: str, message: str) -> None:
+        status = "skipped" if error_class in SKIP_CLASSES else "failed"
+        self.ledger.append(LedgerEntry(key, s, status, error_class, message) for s in sorted(set_ids))
+        if status == "skipped":
+            self.summary.skipped += 1
+        else:
+            self.summary.failed += 1
+            self.summary.failures[error_class] = self.summary.failures.get(error_class, 0) + 1
+
+    def add_batch(self, batch: list[tuple[DecodedClip, set[str]]]) -> None:
+        if not batch:
+            return
+        failed: dict[str, tuple[str, str]] = {}
+        outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        for target in self.targets:
+            set_id = target.spec.target_id
+            clips = [clip for clip, missing in batch if set_id in missing]
+            if clips:
+                for key, result in _compute(target, clips).items():
+                    if isinstance(result, tuple):
+                        failed.setdefault(key, result)
+                    else:
+                        outputs.setdefault(key, {})[set_id] = result
+        for clip, missing in batch:
+            if clip.key in failed:
+                self.record_failure(clip.key, missing, *failed[clip.key])
+                continue
+            for set_id in missing:
+                arrays = {"data": clip.frames} if set_id == schema.FRAMES_SET else outputs[clip.key][set_id]
+                self.buffers[set_id].append(ClipRecord(
+                    key=clip.key, data=arrays["data"], frame_indices=clip.frame_indices, timestamps=clip.timestamps,
+                    source={**clip.source, "key": clip.key},
+                    extras={k: v for k, v in arrays.items() if k != "data"}))
+            self.pending_done[clip.key] = set(missing)
+        if len(self.buffers[schema.FRAMES_SET]) >= self.config.clips_per_shard or \
+                max(len(b) for b in self.buffers.values()) >= self.config.clips_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        entries = []
+        for set_id, records in self.buffers.items():
+            if not records:
+                continue
+            result = self.sets[set_id].commit(records, self.attrs[set_id], self.config.compression)
+            self.summary.bytes_written += result.bytes_written
+            shard = result.shard.name if result.shard else ""
+            entries += [LedgerEntry(r.key, set_id, "done", shard=shard) for r in records]
+            self.buffers[set_id] = []
+        self.ledger.append(entries)
+        self.summary.done += len(self.pending_done)
+        self.pending_done = {}
+
+
+def _compute(target: Target, clips: list[DecodedClip]) -> dict[str, dict[str, np.ndarray] | tuple[str, str]]:
+    """Run a target on a batch; if the batch fails, retry clip by clip to isolate the bad one."""
+    try:
+        outputs = target.compute(np.stack([c.frames for c in clips]))
+        per_clip = {c.key: {name: array[i] for name, array in outputs.items()} for i, c in enumerate(clips)}
+    except Exception:
+        if len(clips) == 1:
+            error = _first_error(target, clips[0])
+            return {clips[0].key: error}
+        merged: dict = {}
+        for clip in clips:
+            merged.update(_compute(target, [clip]))
+        return merged
+    results: dict = {}
+    for key, arrays in per_clip.items():
+        bad = [n for n, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        results[key] = ("NonFinite", f"{key}: {target.spec.target_id} produced NaN/Inf in {', '.join(bad)}") \
+            if bad else arrays
+    return results
+
+
+def _first_error(target: Target, clip: DecodedClip) -> tuple[str, str]:
+    try:
+        target.compute(clip.frames[None])
+    except Exception as error:
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        return type(error).__name__, f"{clip.key}: {target.spec.target_id} failed: {first_line}"
+    return "TargetError", f"{clip.key}: {target.spec.target_id} failed only inside a batch"
+
+
+def _shard_attrs(config: ExtractConfig, set_id: str, targets: list[Target]) -> dict:
+    sampling = config.sampling
+    attrs = {
+        "kind": "frames" if set_id == schema.FRAMES_SET else "target",
+        "dataset": config.dataset,
+        "code_version": schema.code_version(),
+        "frames_id": sampling.frames_id,
+        "sampling": json.dumps(sampling.describe(), sort_keys=True),
+        "decoder": sampling.describe()["decoder"],
+        "geometry": json.dumps({"size": sampling.size, "resize": "short side", "crop": "centre"}),
+    }
+    if set_id == schema.FRAMES_SET:
+        return {**attrs, "target_spec": schema.frames_spec_json(sampling.num_frames, sampling.size),
+                "target_name": schema.FRAMES_SET, "target_version": schema.SCHEMA_VERSION,
+                "config_hash": sampling.config_hash(), "model_id": "", "weights_sha256": ""}
+    spec = next(t.spec for t in targets if t.spec.target_id == set_id)
+    return {**attrs, "target_spec": spec.to_json(sampling.num_frames, sampling.size), "target_name": spec.name,
+            "target_version": spec.version, "config_hash": spec.config_hash(),
+            "model_id": spec.model_id or "", "weights_sha256": spec.params.get("weights_sha256", "")}
