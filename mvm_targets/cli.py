@@ -172,11 +172,13 @@ def _with_progress(job):
                TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("extract", total=None, rate=0.0)
+        first_seen: list[int] = []  # videos already done before this run do not count towards the rate
 
         def update(completed: int, total: int) -> None:
+            first_seen[:] = first_seen or [completed]
             elapsed = progress.tasks[0].elapsed or 0.0
             progress.update(task, completed=completed, total=total,
-                            rate=completed / elapsed if elapsed > 0 else 0.0)
+                            rate=(completed - first_seen[0]) / elapsed if elapsed > 0 else 0.0)
 
         return job(update)
 

@@ -7,6 +7,7 @@ fresh pool, and a video that is in flight during two crashes is reported as `Dec
 from __future__ import annotations
 
 import collections
+import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
     pending = collections.deque(items)
     crashes: collections.Counter[str] = collections.Counter()
     in_flight: collections.deque[tuple[VideoItem, Future]] = collections.deque()
-    pool = ProcessPoolExecutor(max_workers=workers)
+    # spawn, not fork: a pool rebuilt after a crash would otherwise fork a process whose numba
+    # OpenMP runtime (used by the HOG kernels) is not fork-safe.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
         while pending or in_flight:
             while pending and len(in_flight) < 2 * workers:
@@ -60,7 +64,7 @@ def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
                 victims = [item] + [i for i, _ in in_flight]
                 in_flight.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = ProcessPoolExecutor(max_workers=workers)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
                 retry = []
                 for victim in victims:
                     crashes[victim.key] += 1

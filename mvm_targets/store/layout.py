@@ -42,21 +42,24 @@ class ClipCache:
                 if p.is_dir() and p.name != schema.FRAMES_SET and not p.name.startswith(".")]
 
     def resolve_target(self, ref: str) -> ShardSet:
-        """A set by exact id (`hog-paper-1a2b3c4d`), `name-variant`, or name (`hog`), if unambiguous."""
-        from mvm_targets.targets.registry import ALIASES
+        """A set by exact id (`hog-paper-1a2b3c4d`) or by `name[:variant]`, as `extract` accepts it.
 
-        name, _, variant = ref.partition(":")
-        name = ALIASES.get(name, name)
+        A bare name means the registry's default variant (`hog` is `hog:paper`), as in extract.
+        """
         sets = self.target_sets()
-        exact = [s for s in sets if s.set_id == ref]
-        prefix = f"{name}-{variant}-" if variant else f"{name}-"
-        matches = exact or [s for s in sets if s.set_id.startswith(prefix)]
+        matches = [s for s in sets if s.set_id == ref]
+        if not matches:
+            from mvm_targets.targets.registry import parse_target_ref
+
+            name, variant = parse_target_ref(ref)
+            matches = [s for s in sets if s.set_id.startswith(f"{name}-{variant}-")]
         if len(matches) == 1:
             return matches[0]
         available = ", ".join(s.set_id for s in sets) or "none"
         if not matches:
             raise InputError(f"{self.root}: no cached target '{ref}' (cached targets: {available})")
-        raise InputError(f"{self.root}: '{ref}' is ambiguous; pick one of: {', '.join(s.set_id for s in matches)}")
+        raise InputError(f"{self.root}: '{ref}' matches several configurations; pick one of: "
+                         f"{', '.join(s.set_id for s in matches)}")
 
 
 def dataset_caches(cache_root: Path, dataset: str) -> list[ClipCache]:

@@ -3,6 +3,7 @@
 from mvm_targets.targets.registry import (
     ALIASES,
     PAPER_TARGETS,
+    TargetUnavailableError,
     UnknownTargetError,
     build_target,
     canonical_name,
@@ -15,6 +16,6 @@ from mvm_targets.targets.spec import PATCH_PX, TOKEN_PX, Grid, Target, TargetSpe
 
 __all__ = [
     "ALIASES", "PAPER_TARGETS", "PATCH_PX", "TOKEN_PX", "Grid", "Target", "TargetSpec",
-    "UnknownTargetError", "build_target", "canonical_name", "list_targets", "list_variants",
+    "TargetUnavailableError", "UnknownTargetError", "build_target", "canonical_name", "list_targets", "list_variants",
     "parse_target_ref", "register_target",
 ]

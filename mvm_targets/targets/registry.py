@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mvm_targets.errors import MvmTargetsError
 from mvm_targets.targets.spec import Target
 
 PAPER_TARGETS = ("pixel", "hog", "depth", "flow", "vq", "sif", "tvf", "mmf")
@@ -25,8 +26,12 @@ _DEFAULT_VARIANTS: dict[str, str] = {}
 _VARIANTS: dict[str, tuple[str, ...]] = {}
 
 
-class UnknownTargetError(ValueError):
+class UnknownTargetError(MvmTargetsError, ValueError):
     """Raised for a target name or variant the registry does not know."""
+
+
+class TargetUnavailableError(MvmTargetsError):
+    """A known target that cannot be built here (a missing teacher, weights or backend)."""
 
 
 def register_target(name: str, variants: tuple[str, ...]) -> Callable[[TargetFactory], TargetFactory]:

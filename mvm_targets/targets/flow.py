@@ -1,0 +1,223 @@
+"""`flow`: optical flow between consecutive frames (spec §4.4).
+
+VIOLETv2 regresses RAFT-Large flow on the pairs (t, t+1) of each clip, in pixels at the frame
+resolution, and drops a whole pair when its flow reaches 50 px anywhere. This module keeps the
+target independent of the estimator: a `FlowBackend` turns frame pairs into flow, and
+`FlowTarget` handles the clip layout, the storage dtype and the per-pair statistic the trainer
+needs for the 50-px rule.
+
+Backends:
+- `dis`: OpenCV's DIS optical flow on grayscale frames. Needs no weights, runs on CPU.
+- `raft`: the paper's teacher; registered so that `flow:raft` names it, but not available here.
+
+Flow layout everywhere: channel 0 = u (horizontal, +x = rightwards), channel 1 = v (vertical,
++y = downwards), so a pixel at (x, y) in the first frame moves to (x + u, y + v) in the second.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError, register_target
+from mvm_targets.targets.spec import Grid, TargetSpec
+
+FLOAT16_MAX = 65504.0
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+# "fast" = "ultrafast" + more patch iterations + variational refinement. On real 224^2 frames
+# under known synthetic warps its end-point error is ~35-50% lower than "ultrafast" (e.g. 0.45 vs
+# 0.87 px for a 4-degree rotation with 5% zoom), and with two pairs in flight it still reaches
+# ~1,000 pairs/s on a 2-core CPU. "medium" is again twice as accurate but ~4x slower, and
+# "ultrafast" ~2x faster: pick them per run with `preset=` (see benchmarks/bench_flow.py).
+DEFAULT_DIS_PRESET = "fast"
+DIS_MIN_SIZE = 12  # OpenCV's DIS refuses frames smaller than this
+RAFT_UNAVAILABLE = ("flow backend 'raft' needs the RAFT teacher, which is not available in this build; "
+                    "use flow:dis")
+
+
+@runtime_checkable
+class FlowBackend(Protocol):
+    """Estimates dense optical flow for a batch of frame pairs.
+
+    `params` holds every setting that changes the values; it becomes the target's spec params
+    (and so its id). Execution settings such as thread counts must not appear there.
+    """
+
+    params: dict[str, Any]
+
+    def estimate(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """first, second: (P, S, S, 3) uint8 RGB -> (P, 2, S, S) float32 flow in pixels (u, v)."""
+        ...
+
+
+MAX_DEFAULT_WORKERS = 8  # beyond this the pool mostly competes with the decode processes
+
+
+def default_num_workers() -> int:
+    """CPU cores this process may use (affinity-aware), between 1 and MAX_DEFAULT_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not available on macOS / Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+class DISFlowBackend:
+    """OpenCV DIS flow on grayscale frames, pairs run concurrently in a small thread pool.
+
+    Each pair is an independent `calc` with no initial flow, on a DIS instance private to the
+    worker thread (the instances keep scratch buffers and are not thread-safe). OpenCV releases
+    the GIL inside `calc`, so threads give real parallelism. Results do not depend on batching
+    or on OpenCV's own thread count: current OpenCV DIS (checked on 4.14) uses a fixed number of
+    stripes for its propagating patch search, and its other parallel loops do not depend on the
+    stripe split; the tests check the bit-identity.
+    """
+
+    def __init__(self, preset: str = DEFAULT_DIS_PRESET, num_workers: int | None = None) -> None:
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"unknown DIS preset '{preset}'; choose one of {', '.join(DIS_PRESETS)}")
+        self.preset = preset
+        self.params: dict[str, Any] = {"backend": "dis", "preset": preset, "input": "gray"}
+        self.num_workers = num_workers if num_workers is not None else default_num_workers()
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def estimate(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """first, second: (P, S, S, 3) uint8 RGB -> (P, 2, S, S) float32 flow in pixels (u, v)."""
+        _check_pairs(first, second)
+        num_pairs, height, width = first.shape[:3]
+        out = np.empty((num_pairs, 2, height, width), dtype=np.float32)
+
+        def run(i: int) -> None:
+            out[i] = self._estimate_one(first[i], second[i]).transpose(2, 0, 1)
+
+        if self.num_workers == 1 or num_pairs == 1:
+            for i in range(num_pairs):
+                run(i)
+        else:
+            # list() re-raises the first worker exception here instead of losing it
+            list(self._get_pool().map(run, range(num_pairs)))
+        return out
+
+    def close(self) -> None:
+        """Stop the worker threads (they are restarted lazily if `estimate` runs again)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _estimate_one(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 pair -> (S, S, 2) float32 flow."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.preset])
+        gray0 = cv2.cvtColor(np.ascontiguousarray(first), cv2.COLOR_RGB2GRAY)
+        gray1 = cv2.cvtColor(np.ascontiguousarray(second), cv2.COLOR_RGB2GRAY)
+        return dis.calc(gray0, gray1, None)
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="dis-flow")
+            return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Threads, locks and cv2 objects cannot be pickled (e.g. into DataLoader workers);
+        # they are recreated on first use.
+        state = self.__dict__.copy()
+        state.update(_local=None, _pool=None, _pool_lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._pool_lock = threading.Lock()
+
+
+def _check_pairs(first: np.ndarray, second: np.ndarray) -> None:
+    if first.shape != second.shape or first.ndim != 4 or first.shape[-1] != 3:
+        raise ValueError(f"expected two (P, S, S, 3) arrays of equal shape, got {first.shape} and {second.shape}")
+    if first.dtype != np.uint8 or second.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {first.dtype} and {second.dtype}")
+    if min(first.shape[1:3]) < DIS_MIN_SIZE:
+        raise ValueError(f"DIS flow needs frames of at least {DIS_MIN_SIZE} px, got {first.shape[1:3]}")
+
+
+def flow_clip_shape(num_frames: int, size: int) -> tuple[int, ...]:
+    """One clip's data shape: (T-1, 2, S, S). A named function, not a lambda, so targets pickle."""
+    return (num_frames - 1, 2, size, size)
+
+
+class FlowTarget:
+    """Flow on consecutive frame pairs: (B, T, S, S, 3) uint8 -> T-1 flows per clip."""
+
+    def __init__(self, backend: FlowBackend, variant: str) -> None:
+        self.backend = backend
+        self.spec = TargetSpec(
+            name="flow", variant=variant, version=1, grid=Grid.DENSE, dtype="float16", loss="l1",
+            clip_shape=flow_clip_shape, frames_needed=2, params=dict(backend.params),
+            description="optical flow of pairs (t, t+1) in pixels, (T-1, 2, S, S) float16, "
+                        "channels (u=x, v=y); extra max_magnitude (T-1,) per pair for the 50-px rule",
+        )
+
+    def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T-1, 2, S, S) float16,
+        "max_magnitude": (B, T-1) float32}, the largest per-pixel |flow| of each stored pair."""
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames of shape (B, T, S, S, 3), got {frames.shape}")
+        batch, num_frames, height, width = frames.shape[:4]
+        if num_frames < 2:
+            raise ValueError(f"flow needs at least 2 frames per clip (pairs t, t+1), got T={num_frames}")
+        first = frames[:, :-1].reshape(-1, height, width, 3)
+        second = frames[:, 1:].reshape(-1, height, width, 3)
+        flow = self.backend.estimate(first, second)
+        data = to_float16(flow).reshape(batch, num_frames - 1, 2, height, width)
+        return {"data": data, "max_magnitude": max_magnitude(data)}
+
+
+def to_float16(flow: np.ndarray) -> np.ndarray:
+    """Cast flow to float16 for storage."""
+    # |flow| cannot exceed the frame diagonal (< 6,000 px for S <= 4096), far inside float16;
+    # the clip only guards against a backend returning garbage, which would otherwise become inf.
+    return np.clip(flow, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+
+
+def max_magnitude(flow: np.ndarray) -> np.ndarray:
+    """(..., 2, H, W) flow -> (...) float32 largest per-pixel Euclidean magnitude."""
+    # Measured on the values as stored, so the trainer's 50-px rule agrees with the target it sees.
+    u = flow[..., 0, :, :].astype(np.float32)
+    v = flow[..., 1, :, :].astype(np.float32)
+    return np.sqrt(u * u + v * v).max(axis=(-2, -1))
+
+
+def flip_flow_horizontal(flow: np.ndarray) -> np.ndarray:
+    """(..., 2, H, W) flow of a pair -> the flow of the horizontally mirrored pair.
+
+    Mirroring the frames mirrors the field along W and reverses horizontal motion, so u changes
+    sign; v is unchanged. Use it when a clip is flipped after its flow was computed.
+    """
+    flipped = flow[..., ::-1].copy()
+    flipped[..., 0, :, :] *= -1
+    return flipped
+
+
+@register_target("flow", variants=("dis", "raft"))
+def build_flow(variant: str, **options: Any) -> FlowTarget:
+    """`flow:dis` (options: preset, num_workers) or `flow:raft` (not available in this build)."""
+    if variant == "dis":
+        return FlowTarget(DISFlowBackend(**options), variant)
+    if variant == "raft":
+        raise TargetUnavailableError(RAFT_UNAVAILABLE)
+    raise UnknownTargetError(f"unknown variant '{variant}' for target 'flow'; known variants: dis, raft")
