@@ -111,21 +111,27 @@ def test_bad_input_folder_is_fully_accounted_for(tmp_path):
     assert verify_cache(tmp_path / "cache").ok
 
 
-def test_sigkill_mid_extract_then_rerun_completes_without_loss_or_duplicates(tmp_path):
+@pytest.mark.parametrize("kill_when", ["shard_being_written", "three_shards_committed"])
+def test_sigkill_mid_extract_then_rerun_completes_without_loss_or_duplicates(tmp_path, kill_when):
     folder = tmp_path / "many"
     for i in range(10):
         write_video(folder / f"v{i:02d}.mp4", num_frames=8 + i)
     args = cli("extract", str(folder), "-t", "hog", "--out", str(tmp_path / "cache"), "--dataset", "toy",
                "--frames", "4", "--size", "64", "--clips-per-shard", "1", "--batch-size", "1")
-    frames_dir = tmp_path / "cache" / "toy" / SAMPLING.frames_id / "frames"
+    clip_dir = tmp_path / "cache" / "toy" / SAMPLING.frames_id
+
+    def ready() -> bool:
+        if kill_when == "shard_being_written":
+            return any(clip_dir.glob("*/.shard-*.tmp"))
+        return len(list(clip_dir.glob("frames/shard-*.h5"))) >= 3
+
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and len(list(frames_dir.glob("shard-*.h5"))) < 3:
-        time.sleep(0.005)
+    while time.time() < deadline and not ready():
+        time.sleep(0.001)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    committed_before = len(list(frames_dir.glob("shard-*.h5")))
-    assert 3 <= committed_before < 10, "the kill should land mid-run"
+    assert len(list(clip_dir.glob("frames/shard-*.h5"))) < 10, "the kill should land mid-run"
     subprocess.run(args, cwd=REPO, check=True, capture_output=True)
     report = verify_cache(tmp_path / "cache")
     assert report.ok, report.problems
@@ -136,6 +142,7 @@ def test_sigkill_mid_extract_then_rerun_completes_without_loss_or_duplicates(tmp
     expected = CacheReader(reference, "toy", targets=["hog"])
     for key in reader.keys:
         np.testing.assert_array_equal(reader[key]["hog"], expected[key]["hog"])
+        np.testing.assert_array_equal(reader[key]["frames"], expected[key]["frames"])
 
 
 def test_two_processes_writing_one_cache_never_corrupt_or_duplicate(tmp_path):
@@ -204,3 +211,15 @@ def test_cli_extract_info_and_show(small_videos, tmp_path):
     from PIL import Image
     image = np.asarray(Image.open(png))
     assert image.shape[0] > 64 * 2 and image.shape[1] >= 64 * 4
+
+
+def test_real_sample_video_end_to_end(shared_video, tmp_path):
+    config = ExtractConfig(cache_root=tmp_path / "cache", dataset="real", sampling=SamplingConfig())
+    targets = [build_target(r) for r in ("hog", "hog:maskfeat", "flow")]
+    summary = extract(discover_inputs([shared_video.parent]), targets, config)
+    assert summary.failed == 0 and summary.done >= 1
+    assert verify_cache(tmp_path / "cache").ok
+    reader = CacheReader(tmp_path / "cache", "real", targets=["hog", "hog:maskfeat", "flow"])
+    clip = reader[reader.keys[0]]
+    assert clip["hog"].shape == (4, 224, 224) and clip["hog:maskfeat"].shape == (4, 49, 432)
+    assert clip["flow"].shape == (3, 2, 224, 224) and np.isfinite(clip["flow"].astype(np.float32)).all()
