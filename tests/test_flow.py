@@ -184,3 +184,15 @@ def test_target_pickles(target: FlowTarget) -> None:
     frames = translating_clip(2, 1, 1)[None]
     clone = pickle.loads(pickle.dumps(target))
     np.testing.assert_array_equal(clone.compute(frames)["data"], target.compute(frames)["data"])
+
+
+def test_fused_float16_cast_equals_numpy_and_clips() -> None:
+    from mvm_targets.targets.half import flow_to_float16
+
+    flow = np.random.default_rng(2).standard_normal((3, 2, 16, 16)).astype(np.float32) * 40
+    flow[1, 0, 3, 3] = 1e6  # garbage from a backend must become the float16 limit, not inf
+    data, largest = flow_to_float16(flow)
+    np.testing.assert_array_equal(data.view(np.uint16),
+                                  np.clip(flow, -65504, 65504).astype(np.float16).view(np.uint16))
+    np.testing.assert_allclose(largest, max_magnitude(data), rtol=1e-3)
+    assert np.isfinite(data.astype(np.float32)).all()

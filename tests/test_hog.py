@@ -9,6 +9,7 @@ from skimage.draw import line as skimage_line
 from skimage.feature import hog as skimage_hog
 
 from mvm_targets.targets import hog_kernels
+from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.hog import build_hog, flip_maskfeat, mirror_orientation_bins
 from mvm_targets.targets.hog_kernels import (bresenham_line, cells_to_patches, imagenet_normalise, line_endpoints,
                                              line_stencil, orientation_bin_table, unit_scale)
@@ -194,7 +195,7 @@ def test_float16_conversion_matches_numpy():
     values = np.concatenate([bits, edges]).view(np.float32).reshape(2, -1)
     with np.errstate(over="ignore"):
         expected = values.astype(np.float16)
-    ours = hog_kernels.to_float16(values)
+    ours = to_float16(values)
     nan = np.isnan(values)
     np.testing.assert_array_equal(ours.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
     assert np.isnan(ours[nan]).all()

@@ -24,10 +24,10 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from mvm_targets.targets.half import flow_to_float16
 from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError, register_target
 from mvm_targets.targets.spec import Grid, TargetSpec
 
-FLOAT16_MAX = 65504.0
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -174,7 +174,12 @@ class FlowTarget:
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T-1, 2, S, S) float16,
-        "max_magnitude": (B, T-1) float32}, the largest per-pixel |flow| of each stored pair."""
+        "max_magnitude": (B, T-1) float32}, the largest per-pixel |flow| of each stored pair.
+
+        |flow| cannot exceed the frame diagonal (< 6,000 px for S <= 4096), far inside float16; the
+        cast still clips at +-65504 so that a backend returning garbage cannot store inf. The
+        magnitude is that of the clipped values, so the trainer's 50-px rule agrees with the target.
+        """
         if frames.ndim != 5 or frames.shape[-1] != 3:
             raise ValueError(f"expected frames of shape (B, T, S, S, 3), got {frames.shape}")
         batch, num_frames, height, width = frames.shape[:4]
@@ -183,20 +188,13 @@ class FlowTarget:
         first = frames[:, :-1].reshape(-1, height, width, 3)
         second = frames[:, 1:].reshape(-1, height, width, 3)
         flow = self.backend.estimate(first, second)
-        data = to_float16(flow).reshape(batch, num_frames - 1, 2, height, width)
-        return {"data": data, "max_magnitude": max_magnitude(data)}
-
-
-def to_float16(flow: np.ndarray) -> np.ndarray:
-    """Cast flow to float16 for storage."""
-    # |flow| cannot exceed the frame diagonal (< 6,000 px for S <= 4096), far inside float16;
-    # the clip only guards against a backend returning garbage, which would otherwise become inf.
-    return np.clip(flow, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+        data, largest = flow_to_float16(flow)
+        return {"data": data.reshape(batch, num_frames - 1, 2, height, width),
+                "max_magnitude": largest.reshape(batch, num_frames - 1)}
 
 
 def max_magnitude(flow: np.ndarray) -> np.ndarray:
     """(..., 2, H, W) flow -> (...) float32 largest per-pixel Euclidean magnitude."""
-    # Measured on the values as stored, so the trainer's 50-px rule agrees with the target it sees.
     u = flow[..., 0, :, :].astype(np.float32)
     v = flow[..., 1, :, :].astype(np.float32)
     return np.sqrt(u * u + v * v).max(axis=(-2, -1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from mvm_targets.targets import hog_kernels
+from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
 from mvm_targets.targets.spec import PATCH_PX, Grid, TargetSpec
 
@@ -90,7 +91,7 @@ class HogTarget:
         for start in range(0, len(flat), CHUNK_FRAMES):
             stop = min(start + CHUNK_FRAMES, len(flat))
             part = self._kernel(flat[start:stop], scratch[:stop - start])
-            hog_kernels.to_float16(part, out=data[start:stop])
+            to_float16(part, out=data[start:stop])
         return {"data": data.reshape(batch, num_frames, *per_frame)}
 
     def compute_float32(self, frames: np.ndarray) -> np.ndarray:

@@ -41,11 +41,7 @@ import functools
 import math
 
 import numpy as np
-from llvmlite import binding as llvm
-from llvmlite import ir
 from numba import njit, prange
-from numba.core import types
-from numba.extending import intrinsic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -216,7 +212,7 @@ def _flat_bin_table(transform: str, orientations: int) -> tuple[np.ndarray, int]
 # update); no integer division by the run-time cell size per pixel; no non-inlined calls on the hot
 # path; one sqrt per pixel instead of three for the dominant channel; accumulation in an order that
 # interleaves cells (see `_accumulate`); literal geometry (DEFAULT_GEOMETRY); and float16 conversion
-# in hardware (`to_float16`).
+# in hardware (`half.to_float16`).
 
 BIN_TABLE_STRIDE = 511 * 511  # one channel's block in a flattened (C, 511, 511) bin table
 NEAR_TIE = 1.0 + 1e-6  # squared magnitudes closer than this may round to the same float32 magnitude
@@ -505,58 +501,6 @@ def _maskfeat_batch(frames, levels, bin_table, table_stride, orientations, cell,
         else:
             hist = _cell_histograms_per_channel(frames[f], levels, bin_table, table_stride, orientations, cell)
         _l2_normalise(hist, eps2, patch_cells, out[f])
-
-
-# ------------------------------------------------------------------------------------------------
-# float32 -> float16 for the stored targets. numpy's cast is scalar (~290 us per 224^2 frame here,
-# half the cost of the HOG itself); LLVM's `fptrunc` to half is the same IEEE round-to-nearest-even
-# and compiles to F16C's vcvtps2ph (~17 us); checked against numpy on all 2^32 float32 bit patterns
-# (equal bits; NaN stays NaN). Without native half conversion LLVM would call a runtime helper the
-# JIT may not link, so then numpy does the cast.
-
-@intrinsic
-def _half_bits(typingctx, x):
-    """float32 -> the uint16 bits of float16(x), rounding to nearest even (LLVM `fptrunc`)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return types.uint16(types.float32), codegen
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _to_half_rows(src, dst):
-    """src (N, M) float32 -> dst (N, M) uint16 float16 bits, one row per prange iteration."""
-    for i in prange(src.shape[0]):
-        for j in range(src.shape[1]):
-            dst[i, j] = _half_bits(src[i, j])
-
-
-@functools.lru_cache(maxsize=None)
-def native_half_conversion() -> bool:
-    """Whether this CPU converts float32 to float16 in hardware (x86 F16C, or aarch64)."""
-    triple = llvm.get_process_triple()
-    if triple.startswith(("x86_64", "i686", "i386")):
-        return bool(llvm.get_host_cpu_features().get("f16c", False))
-    return triple.startswith(("aarch64", "arm64"))
-
-
-def to_float16(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """`array.astype(np.float16)` for a float32 array with a leading batch axis, bit for bit, fast;
-    into `out` (a C-contiguous float16 array of the same shape) when given."""
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if out is None:
-        out = np.empty(array.shape, dtype=np.float16)
-    elif out.shape != array.shape or out.dtype != np.float16 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float16 array of shape {array.shape}")
-    if not native_half_conversion() or array.ndim == 0 or array.size == 0:
-        out[...] = array.astype(np.float16)
-        return out
-    rows = array.shape[0]
-    _to_half_rows(array.reshape(rows, -1), out.view(np.uint16).reshape(rows, -1))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
