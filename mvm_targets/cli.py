@@ -56,6 +56,8 @@ def list_command(frames: int = 4, size: int = 224) -> None:
 def extract(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, path lists (.txt) or tables (.csv/.tsv).")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="Target setting NAME.KEY=VALUE, e.g. flow.preset=ultrafast; repeatable.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Cache folder.")] = Path("cache"),
     dataset: DatasetOpt = None,
     frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
@@ -82,7 +84,7 @@ def extract(
         raise MvmTargetsError(f"--shard-index {index} is outside 0..{count - 1}")
     if short_videos not in ("skip", "repeat"):
         raise MvmTargetsError(f"--short-videos must be 'skip' or 'repeat', got '{short_videos}'")
-    targets = _build_targets(target, device)
+    targets = _build_targets(target, device, option or [])
     items = discover_inputs(inputs, video_root)
     config = ExtractConfig(
         cache_root=out, dataset=dataset or default_dataset_name(inputs),
@@ -95,8 +97,10 @@ def extract(
                + (f"; share {index}/{count}" if count > 1 else ""))
     summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress))
     failures = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
+    earlier = (f", {summary.failed_earlier} failed or skipped in an earlier run (--retry-failed retries them)"
+               if summary.failed_earlier else "")
     typer.echo(f"done {summary.done}, already done {summary.already_done}, failed {summary.failed}"
-               f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}; "
+               f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}{earlier}; "
                f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f}s")
 
 
@@ -146,23 +150,48 @@ def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00
     typer.echo(f"wrote {out}")
 
 
-def _build_targets(refs: list[str], device: str):
-    from mvm_targets.targets import build_target, list_targets
+def _build_targets(refs: list[str], device: str, settings: list[str]):
+    from mvm_targets.targets import build_target, canonical_name, list_targets
     from mvm_targets.targets.registry import _FACTORIES
 
+    options_by_name = _parse_target_options(settings)
     expanded = list_targets() if "all" in refs else refs
     targets = []
     for ref in expanded:
-        name = ref.partition(":")[0]
-        factory = _FACTORIES.get(name)
-        options = {"device": device} if factory and "device" in inspect.signature(factory).parameters else {}
+        name = canonical_name(ref.partition(":")[0])
+        options = dict(options_by_name.get(name, {}))
+        if "device" in inspect.signature(_FACTORIES[name]).parameters:
+            options["device"] = device
         try:
             targets.append(build_target(ref, **options))
+        except TypeError as error:  # an option the target does not take
+            raise MvmTargetsError(f"target '{ref}' does not accept option(s) {sorted(options)}: {error}") from None
         except MvmTargetsError as error:
             if "all" not in refs:
                 raise
             typer.echo(f"skipping {ref}: {error}", err=True)
     return targets
+
+
+def _parse_target_options(settings: list[str]) -> dict[str, dict[str, object]]:
+    """["flow.preset=fast", "flow.num_workers=2"] -> {"flow": {"preset": "fast", "num_workers": 2}}."""
+    from mvm_targets.targets import canonical_name
+
+    parsed: dict[str, dict[str, object]] = {}
+    for setting in settings:
+        name_key, sep, raw = setting.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not (sep and dot and name and key):
+            raise MvmTargetsError(f"--option '{setting}' is not of the form NAME.KEY=VALUE (e.g. flow.preset=fast)")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        parsed.setdefault(canonical_name(name), {})[key] = value
+    return parsed
 
 
 def _with_progress(job):

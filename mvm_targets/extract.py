@@ -51,6 +51,7 @@ class ExtractSummary:
     already_done: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_earlier: int = 0  # failed or skipped in an earlier run, not retried
     bytes_written: int = 0
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)  # error class -> count
@@ -76,8 +77,8 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
     _reconcile(ledger, sets)
     summary = ExtractSummary(videos=len(mine), sets=list(sets))
     work = _plan(mine, sets, ledger, config.retry_failed, summary)
-    writer = _BufferedWriter(sets, stored, config, clip_cache, ledger, summary)
-    completed = summary.already_done + summary.skipped
+    writer = _BufferedWriter(sets, stored, config, ledger, summary)
+    completed = summary.already_done + summary.skipped + summary.failed_earlier
     if on_progress:
         on_progress(completed, len(mine))
     try:
@@ -135,7 +136,7 @@ def _plan(items: Sequence[VideoItem], sets: dict[str, ShardSet], ledger: Ledger,
             continue
         earlier = [latest.get((item.key, s)) for s in missing]
         if not retry_failed and any(e is not None and e.status in ("failed", "skipped") for e in earlier):
-            summary.skipped += 1  # failed before: reported by `info`, retried with --retry-failed
+            summary.failed_earlier += 1  # listed by `info`, retried with --retry-failed
             continue
         work.append((item, missing))
     return work
@@ -144,8 +145,8 @@ def _plan(items: Sequence[VideoItem], sets: dict[str, ShardSet], ledger: Ledger,
 class _BufferedWriter:
     """Computes targets for batches of decoded clips and commits them shard by shard."""
 
-    def __init__(self, sets: dict[str, ShardSet], targets: list[Target], config: ExtractConfig,
-                 clip_cache: ClipCache, ledger: Ledger, summary: ExtractSummary):
+    def __init__(self, sets: dict[str, ShardSet], targets: list[Target], config: ExtractConfig, ledger: Ledger,
+                 summary: ExtractSummary):
         self.sets, self.targets, self.config, self.ledger, self.summary = sets, targets, config, ledger, summary
         self.buffers: dict[str, list[ClipRecord]] = {set_id: [] for set_id in sets}
         self.pending_done: dict[str, set[str]] = {}  # key -> sets still to be committed

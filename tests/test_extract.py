@@ -109,6 +109,10 @@ def test_bad_input_folder_is_fully_accounted_for(tmp_path):
             assert key in message and "\n" not in message and len(message) < 300
     assert (summary.done, summary.failed, summary.skipped) == (3, 4, 2)
     assert verify_cache(tmp_path / "cache").ok
+    rerun = run(folder, tmp_path / "cache", refs=("hog",))
+    assert (rerun.done, rerun.already_done, rerun.failed_earlier) == (0, 3, 6)
+    retried = run(folder, tmp_path / "cache", refs=("hog",), retry_failed=True)
+    assert (retried.done, retried.failed, retried.skipped) == (0, 4, 2)
 
 
 @pytest.mark.parametrize("kill_when", ["shard_being_written", "three_shards_committed"])
@@ -223,3 +227,17 @@ def test_real_sample_video_end_to_end(shared_video, tmp_path):
     clip = reader[reader.keys[0]]
     assert clip["hog"].shape == (4, 224, 224) and clip["hog:maskfeat"].shape == (4, 49, 432)
     assert clip["flow"].shape == (3, 2, 224, 224) and np.isfinite(clip["flow"].astype(np.float32)).all()
+
+
+def test_cli_target_options_reach_the_target_and_its_id(small_videos, tmp_path):
+    cache = str(tmp_path / "cache")
+    done = subprocess.run(cli("extract", str(small_videos), "-t", "flow", "-o", "flow.preset=ultrafast", "--out",
+                              cache, "--frames", "2", "--size", "64"), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    [flow_set] = open_clip_cache(tmp_path / "cache", "videos").target_sets()
+    assert flow_set.set_id == build_target("flow", preset="ultrafast").spec.target_id
+    assert flow_set.set_id != build_target("flow").spec.target_id
+    bad = subprocess.run(cli("extract", str(small_videos), "-t", "flow", "-o", "flow.colour=red", "--out", cache),
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not accept option(s) ['colour']" in bad.stderr
+    assert "Traceback" not in bad.stderr
