@@ -1,0 +1,1 @@
+"""Frozen teacher networks: where their weights live (`weights`) and how they run (`runtime`)."""
