@@ -64,12 +64,20 @@ def extract(
     size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
     device: Annotated[str, typer.Option(help="Device for model-based targets.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Clips per target computation.")] = 8,
-    workers: Annotated[int, typer.Option(help="Decode worker processes (0: decode inline).")] = 0,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Decode worker processes (0: inline; default: 0 on CPU, cores - 1 on CUDA so the GPU never waits).")]
+    = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This process's share (default: $RANK or 0).")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Number of shares (default: $WORLD_SIZE or 1).")] = None,
     clips_per_shard: Annotated[int, typer.Option(help="Clips per HDF5 shard file.")] = 64,
     short_videos: Annotated[str, typer.Option(help="Videos with fewer than T frames: skip or repeat.")] = "skip",
     compression: Annotated[str, typer.Option(help="HDF5 compression: lzf, gzip or none.")] = "lzf",
+    weights: Annotated[str, typer.Option(help="Teacher weights: pretrained (local files) or random (smoke tests).")]
+    = "pretrained",
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Folder of teacher weights (default: $MVM_WEIGHTS).")]
+    = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow unpickling DALL-E's encoder.pkl (runs code from it).")]
+    = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry videos that failed in an earlier run.")] = False,
     video_root: Annotated[Optional[Path], typer.Option(help="Folder that relative paths in lists refer to.")] = None,
 ) -> None:
@@ -84,7 +92,12 @@ def extract(
         raise MvmTargetsError(f"--shard-index {index} is outside 0..{count - 1}")
     if short_videos not in ("skip", "repeat"):
         raise MvmTargetsError(f"--short-videos must be 'skip' or 'repeat', got '{short_videos}'")
-    targets = _build_targets(target, device, option or [])
+    if weights not in ("pretrained", "random"):
+        raise MvmTargetsError(f"--weights must be 'pretrained' or 'random', got '{weights}'")
+    runtime = {"device": device, "weights": weights, "weights_dir": weights_dir, "allow_pickle": allow_pickle}
+    targets = _build_targets(target, runtime, option or [])
+    if workers is None:
+        workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if device.startswith("cuda") else 0
     items = discover_inputs(inputs, video_root)
     config = ExtractConfig(
         cache_root=out, dataset=dataset or default_dataset_name(inputs),
@@ -102,6 +115,20 @@ def extract(
     typer.echo(f"done {summary.done}, already done {summary.already_done}, failed {summary.failed}"
                f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}{earlier}; "
                f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f}s")
+
+
+@app.command("weights")
+def weights_command(weights_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder of teacher weights (default: $MVM_WEIGHTS or ~/.cache/mvm_targets/weights).")] = None) -> None:
+    """List every teacher's expected weight file, where to download it, and whether it is present."""
+    from mvm_targets.teachers.weights import all_weights, resolve_weights_dir
+
+    root = resolve_weights_dir(weights_dir)
+    typer.echo(f"weights folder: {root}")
+    for entry in all_weights():
+        state = "present" if entry.present(root) else "missing"
+        typer.echo(f"  {entry.used_by:18} {state:8} {entry.relative_path}")
+        typer.echo(f"  {'':18} {'':8} from {entry.source}; sha256 {entry.sha256 or 'not published'}")
 
 
 @app.command()
@@ -150,7 +177,9 @@ def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00
     typer.echo(f"wrote {out}")
 
 
-def _build_targets(refs: list[str], device: str, settings: list[str]):
+def _build_targets(refs: list[str], runtime: dict, settings: list[str]):
+    """Build targets; `runtime` settings (device, weights, ...) go to the factories that take them.
+    With 'all', targets that cannot be built here (missing weights) are skipped with their reason."""
     from mvm_targets.targets import build_target, canonical_name, list_targets
     from mvm_targets.targets.registry import _FACTORIES
 
@@ -159,9 +188,9 @@ def _build_targets(refs: list[str], device: str, settings: list[str]):
     targets = []
     for ref in expanded:
         name = canonical_name(ref.partition(":")[0])
-        options = dict(options_by_name.get(name, {}))
-        if "device" in inspect.signature(_FACTORIES[name]).parameters:
-            options["device"] = device
+        accepted = inspect.signature(_FACTORIES[name]).parameters
+        options = {k: v for k, v in runtime.items() if k in accepted and v is not None}
+        options.update(options_by_name.get(name, {}))
         try:
             targets.append(build_target(ref, **options))
         except TypeError as error:  # an option the target does not take

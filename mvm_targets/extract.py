@@ -253,4 +253,5 @@ def _shard_attrs(config: ExtractConfig, set_id: str, targets: list[Target]) -> d
     spec = next(t.spec for t in targets if t.spec.target_id == set_id)
     return {**attrs, "target_spec": spec.to_json(sampling.num_frames, sampling.size), "target_name": spec.name,
             "target_version": spec.version, "config_hash": spec.config_hash(),
-            "model_id": spec.model_id or "", "weights_sha256": spec.params.get("weights_sha256", "")}
+            "model_id": spec.model_id or "", "weights_sha256": spec.params.get("weights_sha256", ""),
+            "teacher_weights": spec.params.get("weights", "")}  # "random" marks smoke-test teachers
