@@ -194,7 +194,8 @@ def _build_targets(refs: list[str], runtime: dict, settings: list[str]):
         try:
             targets.append(build_target(ref, **options))
         except TypeError as error:  # an option the target does not take
-            raise MvmTargetsError(f"target '{ref}' does not accept option(s) {sorted(options)}: {error}") from None
+            given = sorted(options_by_name.get(name, {}))
+            raise MvmTargetsError(f"target '{ref}' does not accept option(s) {given}: {error}") from None
         except MvmTargetsError as error:
             if "all" not in refs:
                 raise

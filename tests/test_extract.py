@@ -195,7 +195,7 @@ def test_cli_unknown_target_is_a_one_line_error_listing_known_targets(small_vide
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "unknown target 'hogg'; known targets: pixel, hog, flow" in result.stderr
+    assert "unknown target 'hogg'; known targets: pixel, hog, depth, flow, vq, sif, tvf, mmf" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mvm_targets.errors import MvmTargetsError
-from mvm_targets.targets.registry import TargetUnavailableError
 from mvm_targets.targets.flow import (
     DISFlowBackend,
     FlowBackend,
@@ -146,12 +145,13 @@ def test_bad_inputs(target: FlowTarget) -> None:
         build_flow("dis", preset="slow")
 
 
-def test_raft_is_not_available() -> None:
-    with pytest.raises(TargetUnavailableError) as info:
-        build_flow("raft")
-    assert isinstance(info.value, MvmTargetsError)  # so the CLI reports it as a one-line error
-    assert str(info.value) == ("flow backend 'raft' needs the RAFT teacher, which is not available in this build; "
-                               "use flow:dis")
+def test_raft_without_weights_names_the_file_and_where_to_get_it(tmp_path) -> None:
+    with pytest.raises(MvmTargetsError) as info:
+        build_flow("raft", weights_dir=tmp_path)
+    message = str(info.value)
+    assert "raft_large_C_T_SKHT_V2-ff5fadd5.pth" in message and str(tmp_path) in message
+    assert "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth" in message
+    assert "\n" not in message
 
 
 def test_flip_flow_horizontal_pure() -> None:

@@ -42,8 +42,10 @@ def test_spec_is_complete_and_consistent(target):
     assert isinstance(spec.grid, Grid) and spec.loss in ("l1", "l2", "ce") and spec.version >= 1
     assert spec.target_id.startswith(f"{spec.name}-{spec.variant}-") and len(spec.config_hash()) == 8
     shape = spec.clip_shape(4, 224)
-    if spec.grid is Grid.PATCH:
-        assert shape[-2] == 49  # the 7 x 7 grid of 32-px patches
+    if spec.grid is Grid.PATCH:  # the 7 x 7 grid of 32-px patches: (T, 49, D) features or (T, 7, 7) ids
+        assert shape[-2] == 49 or shape[-2:] == (7, 7)
+    if spec.grid is Grid.TOKEN:  # the 28 x 28 grid of 8-px cells
+        assert shape[-2:] == (28, 28)
     if spec.grid is Grid.DENSE:
         assert shape[-2:] == (224, 224)
 
@@ -85,7 +87,7 @@ def test_aliases_resolve_to_paper_names():
 
 
 def test_unknown_name_lists_the_known_names():
-    with pytest.raises(UnknownTargetError, match=r"unknown target 'hgo'; known targets: pixel, hog, flow"):
+    with pytest.raises(UnknownTargetError, match=r"unknown target 'hgo'; known targets: pixel, hog, depth, flow, vq, sif, tvf, mmf"):
         build_target("hgo")
     with pytest.raises(UnknownTargetError, match=r"unknown variant 'fancy' for target 'hog'"):
         build_target("hog:fancy")

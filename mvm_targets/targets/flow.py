@@ -8,7 +8,7 @@ needs for the 50-px rule.
 
 Backends:
 - `dis`: OpenCV's DIS optical flow on grayscale frames. Needs no weights, runs on CPU.
-- `raft`: the paper's teacher; registered so that `flow:raft` names it, but not available here.
+- `raft`: the paper's teacher, torchvision RAFT with local weights (`flow_raft.RaftFlowBackend`).
 
 Flow layout everywhere: channel 0 = u (horizontal, +x = rightwards), channel 1 = v (vertical,
 +y = downwards), so a pixel at (x, y) in the first frame moves to (x + u, y + v) in the second.
@@ -19,13 +19,16 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from mvm_targets.targets.flow_raft import RaftFlowBackend  # torch is imported lazily inside
 from mvm_targets.targets.half import flow_to_float16
-from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError, register_target
+from mvm_targets.targets.registry import UnknownTargetError, register_target
 from mvm_targets.targets.spec import Grid, TargetSpec
 
 DIS_PRESETS = {
@@ -40,8 +43,6 @@ DIS_PRESETS = {
 # "ultrafast" ~2x faster: pick them per run with `preset=` (see benchmarks/bench_flow.py).
 DEFAULT_DIS_PRESET = "fast"
 DIS_MIN_SIZE = 12  # OpenCV's DIS refuses frames smaller than this
-RAFT_UNAVAILABLE = ("flow backend 'raft' needs the RAFT teacher, which is not available in this build; "
-                    "use flow:dis")
 
 
 @runtime_checkable
@@ -212,10 +213,15 @@ def flip_flow_horizontal(flow: np.ndarray) -> np.ndarray:
 
 
 @register_target("flow", variants=("dis", "raft"))
-def build_flow(variant: str, **options: Any) -> FlowTarget:
-    """`flow:dis` (options: preset, num_workers) or `flow:raft` (not available in this build)."""
+def build_flow(variant: str, device: str = "cpu", weights: str = "pretrained", weights_dir: Path | None = None,
+               **options: Any) -> FlowTarget:
+    """`flow:dis` (options: preset, num_workers; needs no device or weights) or `flow:raft` (options: model,
+    num_flow_updates, batch_size, precision; see `flow_raft.RaftFlowBackend`)."""
     if variant == "dis":
         return FlowTarget(DISFlowBackend(**options), variant)
     if variant == "raft":
-        raise TargetUnavailableError(RAFT_UNAVAILABLE)
+        backend = RaftFlowBackend(device=device, weights=weights, weights_dir=weights_dir, **options)
+        target = FlowTarget(backend, variant)
+        target.spec = replace(target.spec, model_id=backend.model_id)
+        return target
     raise UnknownTargetError(f"unknown variant '{variant}' for target 'flow'; known variants: dis, raft")

@@ -93,4 +93,4 @@ def list_variants(name: str) -> tuple[str, ...]:
 def _load_builtin_targets() -> None:
     # Importing the modules runs their @register_target decorators; done lazily so that
     # `spec`/`registry` stay importable from inside the target modules themselves.
-    from mvm_targets.targets import flow, hog, mmf, pixel, sif, tvf  # noqa: F401
+    from mvm_targets.targets import depth, flow, hog, mmf, pixel, sif, tvf, vq  # noqa: F401
