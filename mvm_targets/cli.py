@@ -131,6 +131,19 @@ def weights_command(weights_dir: Annotated[Optional[Path], typer.Option(
         typer.echo(f"  {'':18} {'':8} from {entry.source}; sha256 {entry.sha256 or 'not published'}")
 
 
+@app.command("convert-dalle")
+def convert_dalle(pkl: Annotated[Path, typer.Argument(help="OpenAI's dall-e encoder.pkl (a full pickle).")],
+                  allow_pickle: Annotated[bool, typer.Option(
+                      help="Confirm that you trust the file: unpickling runs code from it.")] = False,
+                  out: Annotated[Optional[Path], typer.Option(help="Output (default: encoder.safetensors beside it).")]
+                  = None) -> None:
+    """Convert encoder.pkl once into a safetensors state dict that later loads without unpickling."""
+    from mvm_targets.targets.vq import convert_dalle_encoder
+
+    written = convert_dalle_encoder(pkl, out, allow_pickle=allow_pickle)
+    typer.echo(f"wrote {written}; the vq target now loads it without --allow-pickle")
+
+
 @app.command()
 def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
     """Reopen every shard: shapes, dtypes, NaN/Inf, duplicates, coverage against the ledger."""
