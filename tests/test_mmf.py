@@ -55,7 +55,7 @@ def patch_tokens(vision: torch.nn.Module, clips: np.ndarray, mean=CLIP_MEAN, std
 def b32(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     vision = save_tiny_clip(root, patch=32)
-    return root, vision, build_mmf("vit-b32", weights_dir=root, bf16=False)
+    return root, vision, build_mmf("vit-b32", weights_dir=root, precision="fp32")
 
 
 def test_output_is_last_hidden_state_patch_tokens_of_the_local_folder(b32):
@@ -80,14 +80,14 @@ def test_deterministic_and_batch_independent(b32):
     np.testing.assert_array_equal(data, target.compute(clips)["data"])
     alone = np.concatenate([target.compute(clips[i:i + 1])["data"] for i in range(3)])
     np.testing.assert_allclose(alone.astype(np.float32), data.astype(np.float32), rtol=0, atol=2e-3)
-    per_frame = build_mmf("vit-b32", weights_dir=root, bf16=False, batch_size=1)
+    per_frame = build_mmf("vit-b32", weights_dir=root, precision="fp32", batch_size=1)
     np.testing.assert_allclose(per_frame.compute(clips)["data"].astype(np.float32), data.astype(np.float32),
                                rtol=0, atol=2e-3)
 
 
 def test_post_layernorm_option(b32):
     root, vision, target = b32
-    normed = build_mmf("vit-b32", weights_dir=root, bf16=False, post_layernorm=True)
+    normed = build_mmf("vit-b32", weights_dir=root, precision="fp32", post_layernorm=True)
     clips = frames(1)
     with torch.no_grad():
         expected = vision.post_layernorm(patch_tokens(vision, clips)).numpy()
@@ -103,7 +103,7 @@ def test_smaller_frames_are_resized_to_the_model_input(b32):
 
 def test_b16_grid_is_avg_pooled_to_7x7_and_recorded(tmp_path):
     vision = save_tiny_clip(tmp_path, patch=16, seed=3)
-    target = build_mmf("vit-b16", weights_dir=tmp_path, bf16=False)
+    target = build_mmf("vit-b16", weights_dir=tmp_path, precision="fp32")
     assert "14x14 -> 7x7 avg-pool" in target.spec.params["grid"]
     assert target.spec.model_id == "openai/clip-vit-base-patch16"
     clips = frames(1)
@@ -117,7 +117,7 @@ def test_preprocessor_config_statistics_are_used(tmp_path):
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     (tmp_path / "openai/clip-vit-base-patch32/preprocessor_config.json").write_text(
         json.dumps({"image_mean": mean, "image_std": std}))
-    target = build_mmf("vit-b32", weights_dir=tmp_path, bf16=False)
+    target = build_mmf("vit-b32", weights_dir=tmp_path, precision="fp32")
     assert target.spec.params["mean"] == mean and target.spec.params["std"] == std
     clips = frames(1)
     expected = patch_tokens(vision, clips, mean, std).numpy()

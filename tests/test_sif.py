@@ -18,6 +18,7 @@ from mvm_targets.targets import patch_grid
 from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError
 from mvm_targets.targets.sif import DEFAULT_MODEL, PAPER_EXTRACTORS, _timm, build_sif, weights_folder
 from mvm_targets.targets.spec import Grid
+from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import MissingWeightsError, sha256_of, weights_entry
 
 timm = _timm()
@@ -64,7 +65,7 @@ def swin_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def swin(swin_dir):
     root, _ = swin_dir
-    return build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, bf16=False)
+    return build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, precision="fp32")
 
 
 def test_pretrained_file_loads_through_timm_and_matches_the_in_memory_model(swin_dir, swin):
@@ -97,7 +98,7 @@ def test_deterministic_batch_independent_and_per_frame_equal(swin_dir, swin):
     np.testing.assert_array_equal(data, swin.compute(clips)["data"])
     alone = np.concatenate([swin.compute(clips[i:i + 1])["data"] for i in range(3)])
     np.testing.assert_allclose(alone.astype(np.float32), data.astype(np.float32), rtol=0, atol=2e-3)
-    per_frame = build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, bf16=False, batch_size=1)
+    per_frame = build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, precision="fp32", batch_size=1)
     np.testing.assert_allclose(per_frame.compute(clips)["data"].astype(np.float32), data.astype(np.float32),
                                rtol=0, atol=2e-3)
     assert per_frame.spec.target_id == swin.spec.target_id  # batch size is not a value setting
@@ -109,7 +110,7 @@ def test_default_is_pre_norm_like_transformers_hidden_states_and_norm_is_an_opti
     stage = last_stage(model, model.layers[-1], normalised(clips))
     with torch.no_grad():
         normed = model.norm(stage)
-    normed_target = build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, bf16=False, norm=True)
+    normed_target = build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, precision="fp32", norm=True)
     pre, post = swin.compute(clips)["data"], normed_target.compute(clips)["data"]
     np.testing.assert_array_equal(pre.reshape(T, 4, -1), stage.flatten(1, 2).numpy().astype(np.float16))
     np.testing.assert_allclose(post.reshape(T, 4, -1).astype(np.float32), normed.flatten(1, 2).numpy(), atol=2e-3)
@@ -121,7 +122,7 @@ def test_default_is_pre_norm_like_transformers_hidden_states_and_norm_is_an_opti
 def test_deit_14x14_tokens_are_avg_pooled_to_7x7_and_recorded():
     kwargs = dict(embed_dim=32, depth=1, num_heads=1)
     target = build_sif("timm", model="deit_base_distilled_patch16_224.fb_in1k", weights="random",
-                       model_kwargs=kwargs, bf16=False)
+                       model_kwargs=kwargs, precision="fp32")
     assert "14x14 -> 7x7 avg-pool" in target.spec.params["grid"]
     assert target.spec.model_id == "random:deit_base_distilled_patch16_224"
     clips = frames(1, size=224, num_frames=2)
@@ -135,8 +136,9 @@ def test_deit_14x14_tokens_are_avg_pooled_to_7x7_and_recorded():
 
 def test_resnet_last_stage_is_7x7x2048_and_has_no_final_norm():
     kwargs = dict(layers=(1, 1, 1, 1))
-    target = build_sif("timm", model="resnet50.tv_in1k", weights="random", model_kwargs=kwargs, bf16=False)
-    normed = build_sif("timm", model="resnet50.tv_in1k", weights="random", model_kwargs=kwargs, bf16=False, norm=True)
+    target = build_sif("timm", model="resnet50.tv_in1k", weights="random", model_kwargs=kwargs, precision="fp32")
+    normed = build_sif("timm", model="resnet50.tv_in1k", weights="random", model_kwargs=kwargs, precision="fp32",
+                       norm=True)
     assert target.spec.clip_shape(2, 224) == (2, 49, 2048)
     assert "7x7 -> 7x7 identity" in target.spec.params["grid"]
     clips = frames(1, size=224, num_frames=2)
@@ -145,6 +147,21 @@ def test_resnet_last_stage_is_7x7x2048_and_has_no_final_norm():
     np.testing.assert_array_equal(data, normed.compute(clips)["data"])
     small = target.compute(frames(1, size=64, num_frames=2))["data"]  # resized to 224, 7x7 -> 2x2 bilinear
     assert small.shape == (1, 2, 4, 2048) and np.isfinite(small).all()
+
+
+def test_precision_is_recorded_in_the_spec_and_auto_resolves_per_device(monkeypatch):
+    def build(precision: str):
+        return build_sif("timm", model=SWIN, weights="random", model_kwargs=TINY_SWIN, precision=precision)
+
+    fp32, bf16 = build("fp32"), build("bf16")
+    assert (fp32.spec.params["precision"], bf16.spec.params["precision"]) == ("fp32", "bf16")
+    assert fp32.spec.target_id != bf16.spec.target_id  # bf16 changes the values, so it changes the id
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)  # a CPU without AMX, as this one
+    auto = build("auto")
+    assert auto.spec.params["precision"] == "fp32" and auto.spec.target_id == fp32.spec.target_id
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build("fp16")
 
 
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone():

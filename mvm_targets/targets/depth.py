@@ -43,7 +43,6 @@ HALF = (0.5, 0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FLOAT16_MAX = 65504.0
 RANDOM_SEED = 0
-PRECISIONS = ("auto", "fp32", "bf16")
 
 DPT_WEIGHTS = {
     "dpt-large": register_weights(WeightsEntry(
@@ -79,15 +78,13 @@ class DepthTarget:
     def __init__(self, variant: str, *, device: str | torch.device = "cpu", weights: WeightsMode = PRETRAINED,
                  weights_dir: Path | None = None, batch_size: int = 16, input_size: int | None = None,
                  precision: str = "auto") -> None:
-        from mvm_targets.teachers.runtime import bf16_autocast_helps, resolve_device
+        from mvm_targets.teachers.runtime import resolve_device, resolve_precision
 
         if variant not in VARIANTS:
             raise UnknownTargetError(f"unknown variant '{variant}' for target 'depth'; known variants: "
                                      f"{', '.join(VARIANTS)}")
         if weights not in (PRETRAINED, RANDOM):
             raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.teacher = "dpt-large" if variant == "paper" else variant
@@ -105,7 +102,7 @@ class DepthTarget:
         self.input_size = input_size
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.bf16 = bf16_autocast_helps(self.device) if precision == "auto" else precision == "bf16"
+        self.precision = resolve_precision(precision, self.device)
         # Resolved now, so that a missing folder fails when the target is built, not mid-run.
         self.weights_path = DPT_WEIGHTS[self.teacher].require(weights_dir) if weights == PRETRAINED else None
 
@@ -114,7 +111,7 @@ class DepthTarget:
             "input": "frame" if input_size is None else f"{input_size} bicubic-antialias",
             "normalisation": "imagenet" if variant == "paper" else "mean=std=0.5",
             "output": "predicted_depth, bilinear to S",
-            "precision": "bf16" if self.bf16 else "fp32",  # bf16 changes the values, so it is part of the id
+            "precision": self.precision,  # bf16 changes the values, so it is part of the id
             "weights": weights,
         }
         if self.weights_path is None:
@@ -151,7 +148,7 @@ class DepthTarget:
                              f"{SIZE_MULTIPLE}; got S={size}")
         flat = torch.from_numpy(frames.reshape(batch * num_frames, size, size, 3))
         forward = functools.partial(_dpt_forward, self.model(), self.input_size, self.spec.variant == "paper")
-        depth = run_batched(forward, flat, self.batch_size, self.device, bf16=self.bf16).numpy()
+        depth = run_batched(forward, flat, self.batch_size, self.device, bf16=self.precision == "bf16").numpy()
         # ReLU'd output is >= 0; the clip only stops a runaway random teacher from storing inf.
         np.minimum(depth, FLOAT16_MAX, out=depth)
         return {"data": to_float16(depth).reshape(batch, num_frames, size, size)}

@@ -40,7 +40,6 @@ RAFT_WEIGHTS = {
 RAFT_MIN_SIZE = 128  # 8 px per feature cell x 2 cells at the coarsest of 4 pyramid levels
 RAFT_MULTIPLE = 8
 RANDOM_SEED = 0
-PRECISIONS = ("fp32", "bf16")
 
 
 class RaftFlowBackend:
@@ -54,7 +53,8 @@ class RaftFlowBackend:
             the architecture with seeded random weights (smoke tests only).
         weights_dir: the weights folder (default: $MVM_WEIGHTS, else ~/.cache/mvm_targets/weights).
         batch_size: pairs per forward pass.
-        precision: "fp32" (default), or "bf16" autocast. Not the runtime's bf16 policy: autocast
+        precision: "fp32" (default), "bf16" autocast, or "auto" (the runtime's bf16 policy,
+            `runtime.resolve_precision`). fp32 is the default, not "auto": autocast
             would put the all-pairs correlation matmul in bf16 (~3 significant digits), and that
             volume is what RAFT's sub-pixel lookups read, so the flow itself would change.
     """
@@ -70,20 +70,18 @@ class RaftFlowBackend:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if weights not in (PRETRAINED, RANDOM):
             raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-        from mvm_targets.teachers.runtime import resolve_device
+        from mvm_targets.teachers.runtime import resolve_device, resolve_precision
 
         self.model, self.num_flow_updates, self.batch_size = model, num_flow_updates, batch_size
         self.device = resolve_device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         entry = RAFT_WEIGHTS[model]
         # Resolved now, so that a missing file fails when the target is built, not mid-run.
         self.weights_path = entry.require(weights_dir) if weights == PRETRAINED else None
         self.params: dict[str, Any] = {
             "backend": "raft", "model": model, "num_flow_updates": num_flow_updates,
             "input": "rgb [-1, 1]", "pad": f"replicate to a multiple of {RAFT_MULTIPLE}, >= {RAFT_MIN_SIZE} px",
-            "precision": precision, "weights": weights,
+            "precision": self.precision, "weights": weights,
         }
         if self.weights_path is None:
             self.model_id = f"random:raft_{model}"

@@ -155,8 +155,12 @@ class ClipExtractor:
 
 @register_target("mmf", variants=VARIANTS)
 def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
-              batch_size: int = 32, post_layernorm: bool | str = False, bf16: bool | None = None) -> PatchFeatureTarget:
-    """`mmf:vit-b32` (the author's CLIP) or `mmf:vit-b16`; options `post_layernorm`, `bf16` (None: runtime policy)."""
+              batch_size: int = 32, post_layernorm: bool | str = False, precision: str = "auto") -> PatchFeatureTarget:
+    """`mmf:vit-b32` (the author's CLIP) or `mmf:vit-b16`; options `post_layernorm`, `precision`.
+
+    precision: "auto" (bf16 where the runtime says it helps, else fp32), "fp32" or "bf16"; the
+    effective one is recorded in the spec, so it is part of the target id.
+    """
     if variant not in VARIANTS:
         raise UnknownTargetError(f"unknown variant '{variant}' for target 'mmf'; known variants: {', '.join(VARIANTS)}")
     if weights not in (PRETRAINED, RANDOM):
@@ -164,6 +168,7 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
     if isinstance(post_layernorm, str):  # CLI options arrive as strings
         post_layernorm = post_layernorm.strip().lower() in ("true", "1", "yes")
     device_name = str(runtime.resolve_device(device))
+    precision = runtime.resolve_precision(precision, device_name)
     entry = WEIGHTS[variant]
     params: dict[str, Any] = {"model": entry.relative_path, "weights": weights}
     if weights == PRETRAINED:
@@ -184,6 +189,7 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         "post_layernorm": bool(post_layernorm), "input_size": extractor.input_size,
         "resize": patch_grid.resize_note(extractor.input_size), "mean": list(mean), "std": list(std),
         "grid": patch_grid.grid_note(native),
+        "precision": precision,  # bf16 changes the values, so it is part of the id
     })
     spec = TargetSpec(
         name="mmf", variant=variant, version=1, grid=Grid.PATCH, dtype="float16", loss="l1",
@@ -191,4 +197,4 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         description=f"CLIP {entry.relative_path} last-layer patch tokens per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
     )
-    return PatchFeatureTarget(spec, extractor, batch_size, bf16)
+    return PatchFeatureTarget(spec, extractor, batch_size, precision)

@@ -161,15 +161,20 @@ class PatchFeatureTarget:
     """A feature target on the patch grid: (B, T, S, S, 3) uint8 -> (B, T, (S/32)**2, D) float16.
 
     Frames are independent: they are flattened to B * T images and run through the teacher in
-    chunks of `batch_size` (`runtime.run_batched`: inference mode, the bf16 policy unless `bf16`
-    says otherwise).
+    chunks of `batch_size` (`runtime.run_batched`: inference mode, bf16 autocast when `precision`
+    is "bf16"). `precision` is the effective one ("fp32" / "bf16", `runtime.resolve_precision`),
+    and `spec.params["precision"]` must record it (bf16 changes the values, so it is part of the id).
     """
 
     def __init__(self, spec: TargetSpec, extractor: FeatureExtractor, batch_size: int = 32,
-                 bf16: bool | None = None) -> None:
+                 precision: str = "fp32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.spec, self.extractor, self.batch_size, self.bf16 = spec, extractor, batch_size, bf16
+        precision = runtime.resolve_precision(precision, runtime.resolve_device(extractor.device))
+        if spec.params.get("precision") != precision:
+            raise ValueError(f"spec.params['precision'] must record the effective precision '{precision}', "
+                             f"got {spec.params.get('precision')!r}")
+        self.spec, self.extractor, self.batch_size, self.precision = spec, extractor, batch_size, precision
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T, (S/32)**2, D) float16}."""
@@ -183,6 +188,6 @@ class PatchFeatureTarget:
             return to_patch_grid(self.extractor.features(chunk), side)
 
         device = runtime.resolve_device(self.extractor.device)
-        features = runtime.run_batched(run, images, self.batch_size, device, self.bf16)  # (N, side^2, D) float32
+        features = runtime.run_batched(run, images, self.batch_size, device, bf16=self.precision == "bf16")  # (N, side^2, D) float32
         data = to_float16(features.numpy())
         return {"data": data.reshape(batch, num_frames, side * side, -1)}

@@ -190,12 +190,13 @@ class TimmExtractor:
 @register_target("sif", variants=VARIANTS)
 def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
               batch_size: int = 32, model: str | None = None, norm: bool | str = False,
-              model_kwargs: dict[str, Any] | None = None, bf16: bool | None = None) -> PatchFeatureTarget:
+              model_kwargs: dict[str, Any] | None = None, precision: str = "auto") -> PatchFeatureTarget:
     """`sif:swin-b-in22k` (the paper's teacher) or `sif:timm` with `model="<timm name>"`.
 
     Options: `norm` (False: last stage before the final norm, as the official code; True: after it),
     `model_kwargs` (passed to `timm.create_model`, e.g. a smaller architecture for tests),
-    `bf16` (None: the runtime's policy). Weights: see the module docstring.
+    `precision` ("auto": bf16 where the runtime says it helps, else fp32; "fp32"; "bf16"; the effective
+    one is recorded in the spec, so it is part of the target id). Weights: see the module docstring.
     """
     if variant == "swin-b-in22k":
         if model is not None and resolve_model_name(model) != DEFAULT_MODEL:
@@ -212,6 +213,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
     norm = _as_bool(norm, "norm")
     device_name = str(runtime.resolve_device(device))
+    precision = runtime.resolve_precision(precision, device_name)
     kwargs_json = json.dumps({k: _json_safe(v) for k, v in (model_kwargs or {}).items()}, sort_keys=True)
 
     params: dict[str, Any] = {"model": model_name, "weights": weights}
@@ -232,6 +234,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
                     "last stage before the final norm (transformers SwinModel hidden_states[-1])",
         "norm": norm, "input_size": extractor.input_size, "resize": patch_grid.resize_note(extractor.input_size),
         "mean": list(extractor.mean), "std": list(extractor.std), "grid": patch_grid.grid_note(native),
+        "precision": precision,  # bf16 changes the values, so it is part of the id
     })
     if model_kwargs:
         params["model_kwargs"] = json.loads(kwargs_json)
@@ -241,7 +244,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         description=f"{model_name} last-stage features per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
     )
-    return PatchFeatureTarget(spec, extractor, batch_size, bf16)
+    return PatchFeatureTarget(spec, extractor, batch_size, precision)
 
 
 def _as_bool(value: bool | str, name: str) -> bool:

@@ -26,7 +26,7 @@ from mvm_targets.backbones.video_swin_weights import load_official_checkpoint
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
 from mvm_targets.targets.spec import PATCH_PX, Grid, TargetSpec
-from mvm_targets.teachers.runtime import load_teacher, resolve_device, run_batched
+from mvm_targets.teachers.runtime import load_teacher, resolve_device, resolve_precision, run_batched
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, WeightsEntry, register_weights, sha256_of
 
 _RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.4/"
@@ -78,13 +78,16 @@ class TVFTarget:
     """Video Swin features per frame: (B, T, S, S, 3) uint8 -> (B, T, (S/32)^2, C_last) float16."""
 
     def __init__(self, variant: str, model: SwinTransformer3D, device: torch.device, batch_size: int,
-                 params: dict[str, Any], model_id: str, bf16: bool | None = None) -> None:
+                 params: dict[str, Any], model_id: str, precision: str = "fp32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        self.bf16 = bf16
+        self.precision = resolve_precision(precision, device)
+        if params.get("precision") != self.precision:
+            raise ValueError(f"params['precision'] must record the effective precision '{self.precision}', "
+                             f"got {params.get('precision')!r}")
         channels = model.config.num_features
         self.spec = TargetSpec(
             name="tvf", variant=variant, version=1, grid=Grid.PATCH, dtype="float16", loss="l1",
@@ -107,7 +110,7 @@ class TVFTarget:
             return {"data": np.zeros((0, *shape), np.float16)}
         # uint8 crosses to the device (4x less traffic than float32); normalisation happens there
         features = run_batched(self._features, torch.from_numpy(np.ascontiguousarray(frames)), self.batch_size,
-                               self.device, self.bf16)  # (B, T, h, w, C) float32
+                               self.device, bf16=self.precision == "bf16")  # (B, T, h, w, C) float32
         data = features.reshape(batch, num_frames, -1, features.shape[-1]).numpy()
         return {"data": to_float16(data)}
 
@@ -120,13 +123,14 @@ class TVFTarget:
 @register_target("tvf", variants=("k600", "k400"))
 def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = PRETRAINED,
               weights_dir: Path | str | None = None, batch_size: int = 8, arch: str = "swin-b",
-              bf16: bool | None = None, allow_pickle: bool = False) -> TVFTarget:
+              precision: str = "auto", allow_pickle: bool = False) -> TVFTarget:
     """`tvf:k600` (the paper's teacher) or `tvf:k400`.
 
     weights: "pretrained" loads the official checkpoint from the weights folder (MissingWeightsError
     naming the file and its download URL when absent); "random" uses seeded random weights.
     arch: a Video Swin preset (`swin-b` is the paper's; `tiny` is for tests). batch_size: clips per
-    forward pass. bf16: autocast override (default: the runtime's policy, bf16 where it is fast).
+    forward pass. precision: "auto" (bf16 where the runtime says it is fast, else fp32), "fp32" or
+    "bf16"; the effective one is recorded in the spec, so it is part of the target id.
     allow_pickle: read a checkpoint whose metadata the safe tensor-only reader refuses (runs code
     from the file; only for files you trust).
     """
@@ -137,8 +141,10 @@ def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = P
         raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
     config = video_swin_config(arch, temporal_stride=TEMPORAL_STRIDE)
     resolved = resolve_device(device)
+    precision = resolve_precision(precision, resolved)
     params: dict[str, Any] = {"arch": arch, "weights": weights, "temporal_stride": TEMPORAL_STRIDE,
-                              "input": "imagenet-normalised rgb", "layer": "final layernorm"}
+                              "input": "imagenet-normalised rgb", "layer": "final layernorm",
+                              "precision": precision}  # bf16 changes the values, so it is part of the id
     if weights == RANDOM:
         params["seed"] = RANDOM_SEED
         model_id = f"random:{arch}"
@@ -160,4 +166,4 @@ def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = P
 
         key = ("tvf", config, PRETRAINED, params["weights_sha256"], str(resolved))
     model = load_teacher(key, build)
-    return TVFTarget(variant, model, resolved, batch_size, params, model_id, bf16)  # type: ignore[arg-type]
+    return TVFTarget(variant, model, resolved, batch_size, params, model_id, precision)  # type: ignore[arg-type]

@@ -42,6 +42,22 @@ def bf16_autocast_helps(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_amx()
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """A teacher's effective precision: "fp32" or "bf16" ("auto": bf16 where `bf16_autocast_helps`).
+
+    Targets record the result in `spec.params["precision"]` (bf16 changes the values, so it is part
+    of the target id) and pass `bf16=(precision == "bf16")` to `run_batched`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "auto":
+        return "bf16" if bf16_autocast_helps(torch.device(device)) else "fp32"
+    return precision
+
+
 @contextlib.contextmanager
 def inference(device: torch.device, bf16: bool | None = None) -> Iterator[None]:
     """No autograd; bf16 autocast when `bf16` is True, or by default where it helps."""
