@@ -71,3 +71,15 @@ def shared_video() -> Path:
     if not videos:
         pytest.skip("../shared/videos is not available")
     return videos[0]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: with several threads the run time is OpenMP synchronisation, and on a busy
+    machine a descheduled thread stalls every op (a file then takes 3-4x longer)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

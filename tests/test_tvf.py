@@ -18,14 +18,7 @@ from mvm_targets.teachers.weights import MissingWeightsError
 T, S = 3, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: with several threads the run time is OpenMP synchronisation, and on a
-    busy machine a descheduled thread stalls every op (the file then takes 3-4x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def clips(batch: int, seed: int = 0) -> np.ndarray:

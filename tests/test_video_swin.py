@@ -19,14 +19,7 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d  # noqa:
 TINY = VIDEO_SWIN_PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: with several threads the run time is OpenMP synchronisation, and on a
-    busy machine a descheduled thread stalls every op (the file then takes 3-4x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def video(*shape: int, seed: int = 0) -> torch.Tensor:

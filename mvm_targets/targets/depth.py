@@ -28,7 +28,7 @@ import numpy as np
 
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import Grid, TargetSpec
+from mvm_targets.targets.spec import Grid, TargetSpec, check_clip_batch
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -138,11 +138,7 @@ class DepthTarget:
 
         from mvm_targets.teachers.runtime import run_batched
 
-        if frames.ndim != 5 or frames.shape[-1] != 3 or frames.shape[2] != frames.shape[3]:
-            raise ValueError(f"expected frames of shape (B, T, S, S, 3), got {frames.shape}")
-        if frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames, got {frames.dtype}")
-        batch, num_frames, size = frames.shape[:3]
+        batch, num_frames, size = check_clip_batch(frames)
         if self.input_size is None and size % SIZE_MULTIPLE:
             raise ValueError(f"depth:paper runs DPT on the frame itself, so S must be a multiple of "
                              f"{SIZE_MULTIPLE}; got S={size}")

@@ -83,3 +83,12 @@ class Target(Protocol):
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, *spec.clip_shape(T, S)), ...extras}."""
         ...
+
+
+def check_clip_batch(frames: np.ndarray) -> tuple[int, int, int]:
+    """Validate a target's input, `(B, T, S, S, 3)` uint8; return (B, T, S)."""
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.shape[2] != frames.shape[3]:
+        raise ValueError(f"expected frames of shape (B, T, S, S, 3), got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {frames.dtype}")
+    return frames.shape[0], frames.shape[1], frames.shape[2]

@@ -32,7 +32,7 @@ import numpy as np
 
 from mvm_targets.errors import MvmTargetsError
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import PATCH_PX, TOKEN_PX, Grid, TargetSpec
+from mvm_targets.targets.spec import PATCH_PX, TOKEN_PX, Grid, TargetSpec, check_clip_batch
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -129,11 +129,7 @@ class VQTarget:
 
         from mvm_targets.teachers.runtime import run_batched
 
-        if frames.ndim != 5 or frames.shape[-1] != 3 or frames.shape[2] != frames.shape[3]:
-            raise ValueError(f"expected frames of shape (B, T, S, S, 3), got {frames.shape}")
-        if frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames, got {frames.dtype}")
-        batch, num_frames, size = frames.shape[:3]
+        batch, num_frames, size = check_clip_batch(frames)
         multiple = TOKEN_PX if self.variant == "v2" else PATCH_PX
         if size % multiple:
             raise ValueError(f"vq:{self.variant} needs S to be a multiple of {multiple}, got S={size}")
