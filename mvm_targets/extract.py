@@ -13,8 +13,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import h5py
 import numpy as np
 
 from mvm_targets.decode_pool import DecodeFailure, decode_in_order
@@ -84,7 +85,7 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
     try:
         batch: list[tuple[DecodedClip, set[str]]] = []
         missing_by_key = {item.key: missing for item, missing in work}
-        for item, outcome in decode_in_order([w for w, _ in work], config.sampling, config.workers):
+        for item, outcome in _clips_in_order(work, sets[schema.FRAMES_SET], config):
             missing = missing_by_key[item.key]
             if isinstance(outcome, DecodeFailure):
                 writer.record_failure(item.key, missing, outcome.error_class, outcome.message)
@@ -101,6 +102,31 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
         writer.flush()  # on Ctrl-C too: clips already computed are committed, not lost
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _clips_in_order(work: list[tuple[VideoItem, set[str]]], frames_set: ShardSet,
+                    config: ExtractConfig) -> Iterator[tuple[VideoItem, DecodedClip | DecodeFailure]]:
+    """Clips whose frames are cached come from the frames shards, so a target added later is computed
+    from exactly the stored frames (and nothing is decoded twice); the others are decoded."""
+    cached = [item for item, missing in work if schema.FRAMES_SET not in missing]
+    to_decode = [item for item, missing in work if schema.FRAMES_SET in missing]
+    yield from _read_cached_clips(cached, frames_set)
+    yield from decode_in_order(to_decode, config.sampling, config.workers)
+
+
+def _read_cached_clips(items: list[VideoItem], frames_set: ShardSet) -> Iterator[tuple[VideoItem, DecodedClip]]:
+    by_key = {item.key: item for item in items}
+    for shard_name, keys in frames_set.keys_by_shard().items():
+        rows = [(row, key) for row, key in enumerate(keys) if key in by_key]
+        if not rows:
+            continue
+        with h5py.File(frames_set.directory / shard_name, "r") as handle:
+            for row, key in rows:
+                source = json.loads(handle[schema.SOURCES][row])
+                source.pop("key", None)
+                yield by_key[key], DecodedClip(key=key, frames=handle[schema.DATA][row],
+                                               frame_indices=handle[schema.FRAME_INDICES][row],
+                                               timestamps=handle[schema.TIMESTAMPS][row], source=source)
 
 
 def _unique(targets: Sequence[Target]) -> list[Target]:

@@ -71,6 +71,25 @@ def test_adding_a_target_later_creates_a_new_set_and_never_rewrites_old_shards(s
     assert verify_cache(cache).ok
 
 
+def test_a_target_added_later_is_computed_from_the_cached_frames_not_a_new_decode(small_videos, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    run(small_videos, cache, refs=("hog",))
+    import mvm_targets.extract as extract_module
+
+    def no_decoding(items, *args, **kwargs):
+        assert not items, "cached clips must not be decoded again"
+        return iter(())
+
+    monkeypatch.setattr(extract_module, "decode_in_order", no_decoding)
+    summary = run(small_videos, cache, refs=("hog", "hog:maskfeat"))
+    assert summary.done == 5 and summary.failed == 0
+    reader = CacheReader(cache, "toy", targets=["hog:maskfeat"])
+    clip = reader["a/clip1"]
+    expected = build_target("hog:maskfeat").compute(clip["frames"][None])["data"][0]
+    np.testing.assert_array_equal(clip["hog:maskfeat"], expected)
+    assert verify_cache(cache).ok
+
+
 def write_audio_only(path: Path) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=16000)
