@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mvm_targets.targets.half import to_float16
-from mvm_targets.targets.registry import UnknownTargetError, register_target
+from mvm_targets.targets.registry import register_target
 from mvm_targets.targets.spec import Grid, TargetSpec, check_clip_batch
-from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, WeightsEntry, WeightsMode, register_weights,
+from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
 if TYPE_CHECKING:
@@ -80,13 +80,7 @@ class DepthTarget:
                  precision: str = "auto") -> None:
         from mvm_targets.teachers.runtime import resolve_device, resolve_precision
 
-        if variant not in VARIANTS:
-            raise UnknownTargetError(f"unknown variant '{variant}' for target 'depth'; known variants: "
-                                     f"{', '.join(VARIANTS)}")
-        if weights not in (PRETRAINED, RANDOM):
-            raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_teacher_options("depth", variant, VARIANTS, weights, batch_size)
         self.teacher = "dpt-large" if variant == "paper" else variant
         if variant == "paper":
             if input_size is not None:

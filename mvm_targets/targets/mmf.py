@@ -123,7 +123,7 @@ def clip_statistics(folder: Path | None) -> tuple[tuple[float, ...], tuple[float
     return CLIP_MEAN, CLIP_STD
 
 
-class ClipExtractor:
+class ClipExtractor(patch_grid.ReloadsModelWhenUnpickled):
     """CLIP's image tower as a feature map: (N, S, S, 3) uint8 -> (N, D, h, w) patch tokens."""
 
     def __init__(self, teacher: ClipTeacher, post_layernorm: bool,
@@ -143,14 +143,6 @@ class ClipExtractor:
         if self.post_layernorm:
             tokens = self.model.post_layernorm(tokens)
         return patch_grid.tokens_to_map(tokens, self.native)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the network is not pickled (e.g. into worker processes); each process loads it once
-        return {**self.__dict__, "model": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.model = self.teacher.load()
 
 
 @register_target("mmf", variants=VARIANTS)

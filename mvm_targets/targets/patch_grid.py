@@ -191,3 +191,15 @@ class PatchFeatureTarget:
         features = runtime.run_batched(run, images, self.batch_size, device, bf16=self.precision == "bf16")  # (N, side^2, D) float32
         data = to_float16(features.numpy())
         return {"data": data.reshape(batch, num_frames, side * side, -1)}
+
+
+class ReloadsModelWhenUnpickled:
+    """For feature extractors holding `self.model` built by `self.teacher.load()`: the network is not
+    pickled (e.g. into worker processes); each process loads it once."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.model = self.teacher.load()

@@ -158,7 +158,7 @@ def _json_safe(value: Any) -> Any:
     return [_json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-class TimmExtractor:
+class TimmExtractor(patch_grid.ReloadsModelWhenUnpickled):
     """A timm model as a feature map: (N, S, S, 3) uint8 -> (N, C, h, w) last-stage features."""
 
     def __init__(self, teacher: TimmTeacher, norm: bool) -> None:
@@ -177,14 +177,6 @@ class TimmExtractor:
         """(N, S, S, 3) uint8 on the teacher's device -> (N, C, h, w) last-stage features."""
         x = patch_grid.prepare_images(images, self.input_size, self.mean, self.std)
         return self.model.forward_intermediates(x, indices=1, norm=self.norm, intermediates_only=True)[-1]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the network is not pickled (e.g. into worker processes); each process loads it once
-        return {**self.__dict__, "model": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.model = self.teacher.load()
 
 
 @register_target("sif", variants=VARIANTS)

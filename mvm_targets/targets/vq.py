@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mvm_targets.errors import MvmTargetsError
-from mvm_targets.targets.registry import UnknownTargetError, register_target
+from mvm_targets.targets.registry import register_target
 from mvm_targets.targets.spec import PATCH_PX, TOKEN_PX, Grid, TargetSpec, check_clip_batch
-from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, WeightsEntry, WeightsMode, register_weights,
+from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
 if TYPE_CHECKING:
@@ -83,13 +83,7 @@ class VQTarget:
                  weights_dir: Path | None = None, batch_size: int = 32, allow_pickle: bool = False) -> None:
         from mvm_targets.teachers.runtime import resolve_device
 
-        if variant not in VARIANTS:
-            raise UnknownTargetError(f"unknown variant '{variant}' for target 'vq'; known variants: "
-                                     f"{', '.join(VARIANTS)}")
-        if weights not in (PRETRAINED, RANDOM):
-            raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_teacher_options("vq", variant, VARIANTS, weights, batch_size)
         self.variant, self.batch_size = variant, batch_size
         self.device = resolve_device(device)
         allow_pickle = _as_bool(allow_pickle, "allow_pickle")

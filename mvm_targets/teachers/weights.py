@@ -94,3 +94,16 @@ def sha256_of(path: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_teacher_options(name: str, variant: str, variants: tuple[str, ...], weights: str, batch_size: int) -> None:
+    """The checks every teacher constructor makes, with the same one-line messages."""
+    from mvm_targets.targets.registry import UnknownTargetError
+
+    if variant not in variants:
+        raise UnknownTargetError(f"unknown variant '{variant}' for target '{name}'; known variants: "
+                                 f"{', '.join(variants)}")
+    if weights not in (PRETRAINED, RANDOM):
+        raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
