@@ -1,13 +1,111 @@
-"""`ablate`: the grid runner's command line. Commands are registered by the modules that own them."""
+"""`ablate`: train one run, run grids of runs, show their status and report them."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run grids of VIOLET trainings over MVM targets and report them (train, run, status, report).")
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="run config YAML (e.g. violet_core/configs/tiny.yaml)"),
+          run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <out_dir>/<name> from the config"),
+          overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE, value parsed as YAML; repeatable")) -> None:
+    """Pretrain, finetune and evaluate one run; rerunning the same command resumes it."""
+    from violet_core.loop import NonFiniteLossError
+    from violet_core.train import parse_overrides, summary_line, train as train_run
+
+    try:
+        record = train_run(config, run_dir, parse_overrides(overrides))
+    except NonFiniteLossError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3)
+    typer.echo(summary_line(record))
+
+
+
+@app.command()
+def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/demo.yaml)"),
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+                                           help="runs at once (default 1; with --gpus-per-run: every GPU slot)"),
+        gpus_per_run: int = typer.Option(0, "--gpus-per-run", min=0,
+                                         help="k > 0: pack runs onto the local GPUs, one torchrun over k GPUs each"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the expansion and what would run; touch nothing"),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun failed runs too"),
+        rerun_changed: bool = typer.Option(False, "--rerun-changed",
+                                           help="rerun done runs whose grid file or code version changed"),
+        launcher: str = typer.Option("local", "--launcher", help="local, or slurm (needs submitit: the slurm extra)"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="default: runs/<grid name>"),
+        overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML value); repeatable"),
+        timeout: Optional[float] = typer.Option(None, "--timeout", help="per-run limit in seconds (local launcher)"),
+        slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
+        slurm_time: int = typer.Option(24 * 60, "--slurm-time", help="minutes per attempt; time-outs are requeued"),
+        slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", help="CPUs per run"),
+        slurm_mem_gb: Optional[int] = typer.Option(None, "--slurm-mem-gb", help="memory per run"),
+        slurm_parallelism: int = typer.Option(64, "--slurm-parallelism", help="runs of the array at once"),
+        slurm_params: list[str] = typer.Option([], "--slurm-param",
+                                               help="KEY=VALUE submitit parameter, e.g. slurm_account=abc"),
+        ) -> None:
+    """Extract the grid's targets once, then run every run that is not done (resumable)."""
+    from ablations.grid import load_grid
+    from ablations.runner import RunOptions, parse_sets, run_grid
+    from ablations.slurm import SlurmOptions, SlurmUnavailable
+
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"--launcher must be local or slurm, got '{launcher}'")
+    spec = load_grid(grid, parse_sets(overrides) or None)
+    slurm = SlurmOptions(partition=slurm_partition, time_min=slurm_time, cpus_per_run=slurm_cpus, mem_gb=slurm_mem_gb,
+                         array_parallelism=slurm_parallelism, params=parse_sets(slurm_params))
+    options = RunOptions(runs_dir=runs_dir, jobs=jobs, gpus_per_run=gpus_per_run, dry_run=dry_run,
+                         retry_failed=retry_failed, rerun_changed=rerun_changed, timeout_s=timeout, launcher=launcher,
+                         slurm=slurm)
+    try:
+        code = run_grid(spec, options)
+    except SlurmUnavailable as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: running runs were stopped and marked pending; rerun the same command to resume",
+                   err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, or a grid YAML"),
+           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="with a grid: default runs/<grid name>"),
+           overrides: list[str] = typer.Option([], "--set", help="with a grid: the same --set as `ablate run`")) -> None:
+    """Table of runs: alias, run id, state, failure, duration, headline metric."""
+    from ablations.runner import parse_sets
+    from ablations.status import collect_rows, format_table, summarize_states
+
+    title, rows = collect_rows(target, runs_dir, parse_sets(overrides) or None)
+    if not rows:
+        typer.echo(f"{title}: no runs")
+        return
+    typer.echo(title)
+    typer.echo(format_table(rows))
+    typer.echo(summarize_states(rows))
+
+
+@app.command()
+def report(runs: list[Path] = typer.Argument(None, help="run directories or runs roots (default: runs/)"),
+           out: Path = typer.Option(Path("report"), "--out", help="folder for the CSVs, markdown and charts"),
+           baseline: list[str] = typer.Option([], "--baseline", help="KEY=VALUE of the baseline cell; repeatable"),
+           grid: Optional[Path] = typer.Option(None, "--grid", help="grid YAML: flags cells that never ran")) -> None:
+    """Mean ± s.e. per cell over seeds and the paired delta to the baseline, as CSV, markdown and charts."""
+    from ablations.report import report_main
+    from ablations.runner import parse_sets
+
+    chosen = parse_sets(baseline) if baseline else None
+    written = report_main(list(runs) if runs else [Path("runs")], out, chosen, grid=grid)
+    for path in written:
+        typer.echo(str(path))
 
 
 def main() -> None:

@@ -1,0 +1,245 @@
+"""Make sure the shard store holds every MVM target a grid's runs read, extracting each once.
+
+The grid's `cache` section says where the videos come from and how they are sampled::
+
+    cache:
+      source: data/synthetic/captions.csv   # a captions table (or folder / path list) mvm_targets reads
+      synth: {clips: 96, seed: 0}           # optional: synthesise the dataset into source's folder if absent
+      num_frames: 4                         # default: the runs' largest data.num_frames
+      size: 128                             # default: the runs' largest data.size (runs may crop smaller)
+      # optional extraction settings: device, workers, batch_size, clips_per_shard, short_videos,
+      # weights (pretrained | random), weights_dir, options: {flow: {preset: fast}}
+
+The store location and dataset name are NOT in this section: they are the runs' own `data.cache`
+and `data.dataset`, so what is extracted is exactly what the trainer opens. Runs are grouped by
+(cache, dataset, frames_id) and each group is extracted in one `mvm_targets.extract` call with the
+union of its targets, so every clip is decoded once and every target computed once for the grid.
+`pixel` is the cached frames themselves and needs no extraction of its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ablations.grid import Grid
+
+CACHE_KEYS = ("source", "synth", "num_frames", "size", "device", "workers", "batch_size", "clips_per_shard",
+              "short_videos", "weights", "weights_dir", "options")
+SYNTH_KEYS = ("clips", "seed", "frames", "size", "fps")
+RUNTIME_KEYS = ("device", "weights", "weights_dir")  # passed to the target factories that accept them
+
+
+class PrepareError(ValueError):
+    """The cache cannot be made ready for the grid; the message names the grid file and the reason."""
+
+
+@dataclass(frozen=True)
+class CacheJob:
+    """One extraction: a dataset in a store, at one sampling, with the targets its runs need."""
+
+    cache_root: Path
+    dataset: str
+    frames_id: str | None  # what the runs ask for (data.frames_id); None = the dataset's only sampling
+    refs: tuple[str, ...]  # target refs as written in mvm.targets, sorted, pixel included
+    runs: int  # how many runs read this group
+    source: Path | None = None
+    synth: dict[str, Any] | None = None
+    num_frames: int = 4
+    size: int = 224
+    settings: dict[str, Any] = field(default_factory=dict)  # the optional extraction settings
+
+    @property
+    def stored_refs(self) -> tuple[str, ...]:
+        return tuple(r for r in self.refs if r != "pixel")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    job: CacheJob
+    frames_id: str
+    sets: list[str]
+    extracted: int  # clips newly completed by this call
+    already: int  # clips that were complete before
+    failed: int
+    seconds: float
+    synthesised: bool
+
+    def line(self) -> str:
+        where = f"{self.job.cache_root / self.job.dataset / self.frames_id}"
+        made = "synthesised the dataset, " if self.synthesised else ""
+        failed = f", {self.failed} failed (see `mvmtargets info`)" if self.failed else ""
+        if self.extracted == 0 and not self.failed:
+            return f"cache {where}: up to date, nothing extracted ({self.already} clips; {', '.join(self.sets)})"
+        return (f"cache {where}: {made}extracted {self.extracted} clips, {self.already} already cached{failed} "
+                f"({', '.join(self.sets)}) in {self.seconds:.1f}s")
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+
+
+def plan_cache(grid: Grid) -> list[CacheJob]:
+    """The extractions the grid needs, one per (data.cache, data.dataset, data.frames_id) of its runs."""
+    section = dict(grid.cache or {})
+    unknown = [k for k in section if k not in CACHE_KEYS]
+    if unknown:
+        raise PrepareError(f"{grid.path}: cache: unknown key '{unknown[0]}' (known: {', '.join(CACHE_KEYS)})")
+    synth = section.get("synth")
+    if synth is not None:
+        bad = [k for k in synth if k not in SYNTH_KEYS]
+        if bad:
+            raise PrepareError(f"{grid.path}: cache: synth: unknown key '{bad[0]}' (known: {', '.join(SYNTH_KEYS)})")
+    groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+    for spec in grid.runs:
+        data = spec.config["data"]
+        groups.setdefault((data["cache"], data["dataset"], data.get("frames_id")), []).append(spec.config)
+    jobs = []
+    for (cache_root, dataset, frames_id), configs in groups.items():
+        refs = sorted({ref for config in configs for ref in config["mvm"]["targets"]})
+        jobs.append(CacheJob(
+            cache_root=Path(cache_root), dataset=dataset, frames_id=frames_id, refs=tuple(refs), runs=len(configs),
+            source=Path(section["source"]) if section.get("source") else None,
+            synth=dict(synth) if synth else None,
+            num_frames=int(section.get("num_frames") or max(c["data"]["num_frames"] for c in configs)),
+            size=int(section.get("size") or max(c["data"]["size"] for c in configs)),
+            settings={k: section[k] for k in CACHE_KEYS if k in section and k not in ("source", "synth", "num_frames",
+                                                                                      "size")}))
+    return jobs
+
+
+def describe_job(job: CacheJob) -> str:
+    """One line for --dry-run; reads nothing but the file system's existence checks."""
+    targets = ", ".join(job.refs) or "none (frames only)"
+    where = f"{job.cache_root / job.dataset} (T={job.num_frames}, S={job.size})"
+    if job.source is None:
+        source = "no cache section: the targets must already be cached"
+    elif job.source.exists():
+        source = f"source {job.source}"
+    elif job.synth:
+        source = f"source {job.source} (absent: would synthesise {job.synth.get('clips', 64)} clips)"
+    else:
+        source = f"source {job.source} (absent, no synth: the run would stop here)"
+    return f"cache {where}: targets {targets}; {source}; read by {job.runs} run(s)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Doing it
+
+
+def prepare_cache(grid: Grid, say: Callable[[str], None] = print) -> list[PrepareResult]:
+    """Extract whatever the grid's runs need and is not cached yet; returns one result per job."""
+    results = []
+    for job in plan_cache(grid):
+        if job.source is None:
+            _check_cached(grid, job)
+            continue
+        result = _extract(grid, job)
+        say(result.line())
+        results.append(result)
+    return results
+
+
+def _sampling(grid: Grid, job: CacheJob):
+    from mvm_targets.video.decode import SamplingConfig
+
+    try:
+        return SamplingConfig(num_frames=job.num_frames, size=job.size,
+                              short_videos=job.settings.get("short_videos", "skip"))
+    except ValueError as error:
+        raise PrepareError(f"{grid.path}: cache: {error}") from None
+
+
+def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
+    from mvm_targets.errors import MvmTargetsError
+    from mvm_targets.extract import ExtractConfig, extract
+    from mvm_targets.store.layout import dataset_caches
+    from mvm_targets.video.inputs import discover_inputs
+
+    sampling = _sampling(grid, job)
+    _check_frames_id(grid, job, sampling.frames_id, [c.root.name for c in dataset_caches(job.cache_root, job.dataset)])
+    targets = build_targets(grid, job)  # before synthesising: an unknown target should cost nothing
+    synthesised = _ensure_source(grid, job)
+    try:
+        items = discover_inputs([job.source])
+        config = ExtractConfig(
+            cache_root=job.cache_root, dataset=job.dataset, sampling=sampling,
+            batch_size=int(job.settings.get("batch_size", 8)), workers=int(job.settings.get("workers", 0)),
+            clips_per_shard=int(job.settings.get("clips_per_shard", 64)))
+        summary = extract(items, targets, config)
+    except MvmTargetsError as error:
+        raise PrepareError(f"{grid.path}: cache: {error}") from None
+    return PrepareResult(job=job, frames_id=sampling.frames_id, sets=summary.sets, extracted=summary.done,
+                         already=summary.already_done, failed=summary.failed + summary.failed_earlier,
+                         seconds=summary.seconds, synthesised=synthesised)
+
+
+def _check_frames_id(grid: Grid, job: CacheJob, frames_id: str, present: list[str]) -> None:
+    """The runs must open the sampling this grid extracts; a mismatch would only surface in every run."""
+    if job.frames_id is not None and job.frames_id != frames_id:
+        raise PrepareError(f"{grid.path}: the runs read data.frames_id={job.frames_id}, but the cache section "
+                           f"(num_frames={job.num_frames}, size={job.size}) extracts {frames_id}")
+    others = [name for name in present if name != frames_id]
+    if job.frames_id is None and others:
+        raise PrepareError(f"{grid.path}: {job.cache_root / job.dataset} already holds another sampling "
+                           f"({', '.join(others)}); set data.frames_id: {frames_id} in the grid's base so the runs "
+                           f"read the one this grid extracts")
+
+
+def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
+    """mvm_targets Target objects for the job's refs; unknown or unavailable ones are one-line errors."""
+    from mvm_targets.errors import MvmTargetsError
+    from mvm_targets.targets import build_target, canonical_name
+    from mvm_targets.targets.registry import _FACTORIES
+
+    runtime = {k: job.settings[k] for k in RUNTIME_KEYS if job.settings.get(k) is not None}
+    per_target = job.settings.get("options") or {}
+    if not isinstance(per_target, dict):
+        raise PrepareError(f"{grid.path}: cache: options must map a target name to its settings, got {per_target!r}")
+    targets = []
+    for ref in job.refs:
+        try:
+            name = canonical_name(ref.partition(":")[0])
+            accepted = inspect.signature(_FACTORIES[name]).parameters
+            options = {k: v for k, v in runtime.items() if k in accepted}
+            options.update(per_target.get(name) or {})
+            targets.append(build_target(ref, **options))
+        except MvmTargetsError as error:
+            raise PrepareError(f"{grid.path}: mvm.targets: {error}") from None
+        except TypeError as error:
+            raise PrepareError(f"{grid.path}: cache: options for '{ref}': {error}") from None
+    return targets
+
+
+def _ensure_source(grid: Grid, job: CacheJob) -> bool:
+    """Synthesise the dataset into the source's folder when it is absent and `synth` allows it."""
+    assert job.source is not None
+    if job.source.exists():
+        return False
+    if not job.synth:
+        raise PrepareError(f"{grid.path}: cache: source {job.source} does not exist "
+                           f"(add cache.synth: {{clips: N, seed: S}} to synthesise it)")
+    if job.source.name != "captions.csv":
+        raise PrepareError(f"{grid.path}: cache: synth writes <folder>/captions.csv, but source is {job.source}")
+    from mvm_targets.synth import build_synthetic_dataset
+
+    synth = job.synth
+    build_synthetic_dataset(job.source.parent, clips=int(synth.get("clips", 64)), seed=int(synth.get("seed", 0)),
+                            num_frames=int(synth.get("frames", 24)), size=int(synth.get("size", 112)),
+                            fps=int(synth.get("fps", 8)))
+    return True
+
+
+def _check_cached(grid: Grid, job: CacheJob) -> None:
+    """Without a cache section nothing can be extracted: the runs' targets must already be there."""
+    from mvm_targets.errors import MvmTargetsError
+    from mvm_targets.store.layout import open_clip_cache
+
+    try:
+        clip_cache = open_clip_cache(job.cache_root, job.dataset, job.frames_id)
+        for ref in job.stored_refs:
+            clip_cache.resolve_target(ref)
+    except MvmTargetsError as error:
+        raise PrepareError(f"{grid.path}: no 'cache' section to extract from, and {error}") from None

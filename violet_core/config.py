@@ -1,0 +1,285 @@
+"""One run = one YAML file, loaded into frozen dataclasses; unknown keys are errors, not silence.
+
+Every field has a default, so a config file only states what differs from them. The resolved
+config (all fields) is written into the run directory, and its canonical JSON is what run ids
+and the harness hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the reason."""
+
+
+MASK_STRATEGIES = ("rm", "bm", "am")
+DOWNSTREAM_TASKS = ("retrieval", "qa_mc", "qa_oe")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    cache: str = "cache"  # shard store root
+    dataset: str = "synthetic"  # dataset name inside the store
+    frames_id: str | None = None  # which sampling configuration, when the dataset has several
+    source: str = "data/synthetic"  # folder with splits.json / retrieval.json / qa_*.jsonl
+    num_frames: int = 4
+    size: int = 224  # training crop; grid-aligned random crop when the cache is larger
+    max_text_len: int = 32
+    hflip_prob: float = 0.5
+    random_crop: bool = True
+    num_workers: int = 0
+    tokenizer: str | None = None  # local bert-base-uncased folder; None trains a WordPiece on the captions
+    vocab_size: int = 4000  # for the trained tokenizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    video_backbone: str = "tiny"  # a mvm_targets Video Swin preset: tiny | swin-t | swin-s | swin-b
+    backbone_weights: str | None = None  # official Video Swin .pth or torchvision swin3d state dict
+    text_weights: str | None = None  # local bert-base-uncased folder (initialises embeddings + fusion)
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 512
+    dropout: float = 0.1
+    max_frames: int = 8  # temporal embedding table size
+    max_patches: int = 196  # spatial embedding table size (14 x 14 grid at 448 px)
+    grad_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategies: tuple[str, ...] = ("rm", "bm")  # per-sample mixture
+    ratio: float = 0.3  # video ratio (the paper's final model)
+    text_ratio: float = 0.15
+    paper: bool = False  # released behaviour: p_mask 0.15 everywhere, BM ignores the ratio
+
+
+@dataclass(frozen=True)
+class MvmConfig:
+    targets: tuple[str, ...] = ()  # cache refs, e.g. ["sif"], ["hog", "flow:dis"]; empty = no MVM
+    normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (spec §4)
+    weight: float = 1.0
+    flow_max_magnitude: float | None = 50.0  # drop flow pairs this fast (official rule); null keeps all
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 5e-5
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    vtm_negatives: int = 3  # in-batch negatives per video (official: min(B, 4) texts in all)
+    temperature: float = 0.05
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    tasks: tuple[str, ...] = ("retrieval",)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=50, lr=2e-5))
+    num_frames: int | None = None  # None: the pretraining frame count
+    train_split: str = "train"
+    eval_split: str = "test"
+    temperature: float = 0.05
+    eval_batch_size: int = 32
+    tasks_files: dict[str, str] = field(default_factory=dict)  # task -> adapter file (public benchmarks)
+    key_format: str = "{video_id}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    mvm: MvmConfig = field(default_factory=MvmConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def canonical_json(self) -> str:
+        """Key-sorted JSON of every field: the identity of a run's settings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides (`{"mvm.targets": ["sif"]}`), and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a run config must be a mapping, got {type(raw).__name__}")
+    try:
+        return config_from_dict(apply_overrides(raw, overrides or {}))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `raw` with each dotted key set; intermediate mappings are created."""
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"'{dotted}': '{part}' is a value, not a section")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    config = _build(RunConfig, raw, "")
+    validate(config)
+    return config
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def validate(config: RunConfig) -> None:
+    """Checks across fields that types alone do not catch."""
+    def need(condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(f"'{key}': {message}")
+
+    need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device",
+         f"'{config.device}' is not auto, cpu or cuda[:N]")
+    need(config.precision in ("auto", "fp32", "bf16"), "precision", f"'{config.precision}' is not auto, fp32 or bf16")
+    need(config.data.num_frames >= 1, "data.num_frames", "must be at least 1")
+    need(config.data.size % 32 == 0 and config.data.size > 0, "data.size",
+         f"{config.data.size} is not a positive multiple of 32 (one video token per 32-px patch)")
+    need(0.0 <= config.data.hflip_prob <= 1.0, "data.hflip_prob", "must lie in [0, 1]")
+    unknown = [s for s in config.mask.strategies if s not in MASK_STRATEGIES]
+    need(not unknown and bool(config.mask.strategies), "mask.strategies",
+         f"{list(config.mask.strategies)} must be a non-empty subset of {list(MASK_STRATEGIES)}")
+    need(0.0 < config.mask.ratio <= 1.0, "mask.ratio", f"{config.mask.ratio} is not in (0, 1]")
+    need(0.0 <= config.mask.text_ratio <= 1.0, "mask.text_ratio", f"{config.mask.text_ratio} is not in [0, 1]")
+    need(config.mvm.normalization in ("mean", "paper"), "mvm.normalization",
+         f"'{config.mvm.normalization}' is not mean or paper")
+    need(len(set(config.mvm.targets)) == len(config.mvm.targets), "mvm.targets", "lists a target twice")
+    need(config.model.hidden % config.model.heads == 0, "model.hidden",
+         f"{config.model.hidden} is not divisible by model.heads={config.model.heads}")
+    need(config.data.num_frames <= config.model.max_frames, "data.num_frames",
+         f"{config.data.num_frames} exceeds model.max_frames={config.model.max_frames}")
+    unknown_tasks = [t for t in config.downstream.tasks if t not in DOWNSTREAM_TASKS]
+    need(not unknown_tasks, "downstream.tasks", f"unknown {unknown_tasks}; choose from {list(DOWNSTREAM_TASKS)}")
+    for section in ("pretrain", "downstream"):
+        optim = getattr(config, section).optim
+        need(optim.steps >= 0, f"{section}.optim.steps", "must be >= 0")
+        need(optim.batch_size >= 2, f"{section}.optim.batch_size", "must be >= 2 (VTM needs in-batch negatives)")
+        need(0.0 <= optim.warmup_ratio <= 1.0, f"{section}.optim.warmup_ratio", "must lie in [0, 1]")
+
+
+def field_paths(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the config, e.g. `mask.ratio`, for validating grid axes."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind):
+            paths += field_paths(kind, f"{prefix}{item.name}.")
+        else:
+            paths.append(f"{prefix}{item.name}")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed construction with strict keys
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where.rstrip('.') or 'config'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key '{where}{unknown[0]}' (known in this section: {', '.join(sorted(known))})")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, f"{where}{name}")
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, f"{key}.")
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"'{key}' must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, key) for k, v in value.items()}
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"'{key}': unsupported field type {kind}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,252 @@
+"""The pretraining Dataset: cached clips, augmented together with their MVM targets, plus a caption.
+
+One item, for T frames of S x S pixels and L text tokens (layout of targets: violet_core.target_info):
+    video      (T, 3, S, S) float32, ImageNet mean/std normalised (VIOLETv2 §1)
+    text_ids   (L,) int64 "[CLS] ... [SEP] [PAD]...", text_mask (L,) int64
+    targets    ref -> tensor in the training layout (pixel: a copy of `video`)
+    extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
+    aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
+    key        str
+Augmentation, in order: a temporal window of T frames, a grid-aligned S-px crop, a horizontal flip.
+Every random draw comes from a generator seeded by (seed, epoch, index, draw), so an item depends on
+nothing else: not on worker count, worker id or the order in which items are fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvm_targets.store.reader import CacheReader
+from violet_core.data.augment import check_crop_size, crop_clip, hflip_clip, random_grid_crop, temporal_window
+from violet_core.data.tokenizer import TextTokenizer
+from violet_core.target_info import PATCH_PX, TargetInfo
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Independent streams per decision, so that switching one augmentation off leaves the others' draws
+# unchanged.
+_WINDOW, _CROP, _FLIP, _CAPTION = range(4)
+
+
+class PretrainDataset(Dataset):
+    """Cache-backed video-text pretraining items (see the module docstring for the item layout).
+
+    Args:
+        reader: a CacheReader loading every target in `infos` (except "pixel", read from the frames).
+        infos: the MVM targets, from `read_target_infos`.
+        tokenizer: the run's tokenizer.
+        keys: the clips of this split (`split_keys`).
+        num_frames: T per item, at most the cached T; 1 treats clips as images, for which targets
+            that need a video (pairs, clip-level teachers) are left out.
+        size: S per item, a multiple of 32 at most the cached size.
+        max_text_len: L, [CLS] and [SEP] included.
+        hflip_prob: probability of a horizontal flip.
+        random_crop: random grid-aligned crop when S is below the cached size, else the centre crop.
+        random_window: random temporal window when T is below the cached T, else the centre window.
+        seed: base of every random draw.
+    """
+
+    def __init__(self, reader: CacheReader, infos: list[TargetInfo], tokenizer: TextTokenizer, keys: list[str],
+                 num_frames: int, size: int, max_text_len: int = 32, hflip_prob: float = 0.5,
+                 random_crop: bool = True, random_window: bool = True, seed: int = 0) -> None:
+        self.reader, self.tokenizer = reader, tokenizer
+        self.keys = list(keys)
+        self.num_frames, self.size, self.max_text_len = num_frames, size, max_text_len
+        self.hflip_prob, self.random_crop, self.random_window = hflip_prob, random_crop, random_window
+        self.seed, self.epoch = seed, 0
+        self.cached_frames, self.cached_size = cached_geometry(reader)
+        self._check_args()
+        # A 1-frame item has no frame pairs and no clip context: such targets are left out of every
+        # item, once and for all, and said once.
+        self.infos = [i for i in infos if not (num_frames == 1 and i.needs_video)]
+        self.skipped_refs = [i.ref for i in infos if num_frames == 1 and i.needs_video]
+        if self.skipped_refs:
+            logger.info("%s: 1-frame items (images); leaving out the targets that need a video: %s",
+                        _cache_name(reader), ", ".join(self.skipped_refs))
+        self._check_keys_and_targets()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws for `epoch`. Call before the epoch's DataLoader iterator is created: persistent
+        workers keep the copy of the dataset they started with."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        clip = self.reader[key]
+        clip.pop("pixel", None)  # rebuilt below from the augmented frames
+        stored = [i for i in self.infos if i.ref != "pixel"]
+
+        start = self._offset(index, _WINDOW, self.cached_frames - self.num_frames + 1, self.random_window)
+        clip = temporal_window(clip, stored, self.num_frames, start)
+        side, wanted = check_crop_size(self.cached_size, self.size)
+        if self.random_crop:
+            top, left = (int(v) for v in self._rng(index, _CROP).integers(0, side - wanted + 1, size=2))
+        else:
+            top = left = (side - wanted) // 2
+        if wanted != side:
+            clip = crop_clip(clip, stored, top, left, wanted)
+        flip = self.hflip_prob > 0 and bool(self._rng(index, _FLIP).random() < self.hflip_prob)
+        if flip:
+            clip = hflip_clip(clip, stored)
+
+        video = self._normalise(clip["frames"])
+        captions = clip["captions"]
+        caption = captions[int(self._rng(index, _CAPTION).integers(len(captions)))]
+        text_ids, text_mask = self.tokenizer.encode([caption], self.max_text_len)
+
+        targets, extras = {}, {}
+        for info in self.infos:
+            # A copy, not `video` itself: the trainer masks the video in place, the target must stay whole.
+            targets[info.ref] = video.clone() if info.ref == "pixel" else training_layout(info, clip[info.ref])
+            prefix = f"{info.ref}/"
+            extras.update({name: _to_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
+        return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
+                "extras": extras, "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _rng(self, index: int, draw: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, draw])
+
+    def _offset(self, index: int, draw: int, choices: int, random: bool) -> int:
+        return int(self._rng(index, draw).integers(choices)) if random else (choices - 1) // 2
+
+    def _normalise(self, frames: np.ndarray) -> torch.Tensor:
+        return normalize_frames(frames)
+
+    def _check_args(self) -> None:
+        name = _cache_name(self.reader)
+        if not 1 <= self.num_frames <= self.cached_frames:
+            raise ValueError(f"{name}: num_frames={self.num_frames} but the cache holds {self.cached_frames} "
+                             f"frames per clip; use 1..{self.cached_frames} or extract with more frames")
+        if self.size <= 0 or self.size % PATCH_PX or self.size > self.cached_size:
+            raise ValueError(f"{name}: size={self.size} must be a multiple of {PATCH_PX} px no larger than the "
+                             f"cached frames ({self.cached_size} px)")
+        if self.max_text_len < 2:
+            raise ValueError(f"max_text_len must leave room for [CLS] and [SEP], got {self.max_text_len}")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+
+    def _check_keys_and_targets(self) -> None:
+        name = _cache_name(self.reader)
+        if not self.keys:
+            raise ValueError(f"{name}: no keys given for the pretraining dataset")
+        cached = set(self.reader.keys)
+        missing = [k for k in self.keys if k not in cached]
+        if missing:
+            raise ValueError(f"{name}: {len(missing)} of {len(self.keys)} keys are not in the cache (or lack one of "
+                             f"the reader's targets), e.g. {missing[:3]}")
+        loaded = set(getattr(self.reader, "target_refs", ()))
+        absent = [i.ref for i in self.infos if i.ref != "pixel" and i.ref not in loaded]
+        if absent:
+            raise ValueError(f"{name}: the reader does not load the targets {absent}; build it with "
+                             f"CacheReader(..., targets=[...]) naming them")
+        uncaptioned = [k for k in self.keys if not self.reader.captions.get(k)]
+        if uncaptioned:
+            raise ValueError(f"{name}: {len(uncaptioned)} clips have no caption, e.g. {uncaptioned[:3]}; "
+                             f"pretraining needs text for every clip")
+
+
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def normalize_frames(frames: np.ndarray) -> torch.Tensor:
+    """(T, S, S, 3) uint8 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, ImageNet statistics."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    return ((video - _MEAN) / _STD).contiguous()
+
+
+def training_layout(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
+    """One clip's stored target -> its training tensor (violet_core.target_info):
+    DENSE (T', C, S, S) float32 (C = 1 added when stored without a channel axis), PATCH (T, h*w, D)
+    float32, TOKEN and any "ce" target int64 ids."""
+    array = np.ascontiguousarray(data)
+    if info.grid == "token" or info.loss == "ce":
+        return torch.from_numpy(array.astype(np.int64))
+    tensor = torch.from_numpy(array.astype(np.float32))
+    if info.grid == "dense" and tensor.ndim == 3:
+        tensor = tensor.unsqueeze(1)
+    return tensor
+
+
+def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch: video (B, T, 3, S, S), text_ids / text_mask (B, L), targets and
+    extras (B, ...) for the refs every item has (others are dropped), aug ints (B,), keys list."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+
+    def common(field: str) -> dict[str, torch.Tensor]:
+        names = [n for n in items[0][field] if all(n in item[field] for item in items)]
+        return {n: torch.stack([item[field][n] for item in items]) for n in names}
+
+    return {
+        "video": torch.stack([item["video"] for item in items]),
+        "text_ids": torch.stack([item["text_ids"] for item in items]),
+        "text_mask": torch.stack([item["text_mask"] for item in items]),
+        "targets": common("targets"),
+        "extras": common("extras"),
+        "aug": {n: torch.tensor([item["aug"][n] for item in items], dtype=torch.int64) for n in items[0]["aug"]},
+        "keys": [item["key"] for item in items],
+    }
+
+
+def split_keys(source_dir: Path | str, split: str, reader_keys: Iterable[str]) -> list[str]:
+    """The cached keys of `split`, in the order of the dataset's splits.json ({"train": [...], ...}).
+
+    Keys listed there but not cached are skipped with one warning. Without a splits.json every cached
+    key is "train" (sorted) and the other splits are empty.
+    """
+    cached = set(reader_keys)
+    path = Path(source_dir) / "splits.json"
+    if not path.is_file():
+        if split != "train":
+            logger.warning("%s not found: every cached clip is 'train', split %r is empty", path, split)
+            return []
+        return sorted(cached)
+    splits = json.loads(path.read_text())
+    if split not in splits:
+        raise ValueError(f"{path}: no split {split!r}; it has {', '.join(sorted(splits))}")
+    keys = [k for k in splits[split] if k in cached]
+    skipped = [k for k in splits[split] if k not in cached]
+    if skipped:
+        logger.warning("%s: %d of %d %r keys are not cached and are skipped, e.g. %s",
+                       path, len(skipped), len(splits[split]), split, skipped[:3])
+    return keys
+
+
+def cached_geometry(reader: CacheReader) -> tuple[int, int]:
+    """(T, S) of the reader's cached frames."""
+    if not reader.keys:
+        raise ValueError(f"{_cache_name(reader)}: the cache has no clips with all the requested targets")
+    sampling = reader.attrs("frames").get("sampling")
+    if isinstance(sampling, dict) and "num_frames" in sampling and "size" in sampling:
+        return int(sampling["num_frames"]), int(sampling["size"])
+    frames = reader[reader.keys[0]]["frames"]
+    return int(frames.shape[0]), int(frames.shape[1])
+
+
+def _cache_name(reader: Any) -> str:
+    clip_cache = getattr(reader, "clip_cache", None)
+    return f"cache {clip_cache.root}" if clip_cache is not None else f"cache {type(reader).__name__}"
+
+
+def _to_tensor(value: Any) -> torch.Tensor:
+    array = np.ascontiguousarray(value)
+    if array.dtype.kind == "f":
+        return torch.from_numpy(array.astype(np.float32))
+    if array.dtype.kind in "iu":
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(array)

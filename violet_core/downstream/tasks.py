@@ -1,0 +1,229 @@
+"""Downstream finetuning and evaluation: text-to-video retrieval, multiple-choice and open-ended QA.
+
+Each runner takes the `Run` (model already holding the pretrained weights), finetunes it for
+`downstream.optim.steps` on the train split and evaluates on the eval split. Returns
+(metrics, chance) with keys such as "retrieval/R@1" and "qa_mc/acc".
+
+Videos are read from the same frame cache as pretraining: a random grid-aligned crop and random
+temporal window in training, the centre in evaluation. No horizontal flip: captions and answers
+may name a direction ("moves left"), which a flip would contradict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvm_targets.store.reader import CacheReader
+from violet_core.batching import batch_stream, to_device
+from violet_core.data.pretrain import normalize_frames
+from violet_core.data.tokenizer import TextTokenizer
+from violet_core.downstream.metrics import (accuracy, chance_retrieval, mc_predictions, oe_accuracy,
+                                            retrieval_metrics)
+from violet_core.downstream.records import (McItem, OeItem, RetrievalSet, load_qa_mc, load_qa_oe, load_retrieval,
+                                            load_retrieval_train_pairs, mc_text, oe_prompt)
+from violet_core.loop import LoopState, autocast, run_steps
+from violet_core.objectives import MultipleChoiceObjective, OpenEndedObjective, RetrievalObjective, pairwise_scores
+from violet_core.optim import build_optimizer, build_schedule
+
+if TYPE_CHECKING:
+    from violet_core.train import Run
+
+PATCH = 32
+
+
+class ClipVideos:
+    """Normalised (T, 3, S, S) videos by key from the frame cache, with train-time jitter."""
+
+    def __init__(self, reader: CacheReader, num_frames: int, size: int) -> None:
+        self.reader, self.num_frames, self.size = reader, num_frames, size
+
+    def __call__(self, key: str, rng: np.random.Generator | None = None) -> torch.Tensor:
+        frames = self.reader[key]["frames"]  # (T, S0, S0, 3) uint8
+        total, side = frames.shape[0], frames.shape[1]
+        if self.num_frames > total or self.size > side:
+            raise ValueError(f"{key}: the cache holds {total} frames of {side}px; the run asks for "
+                             f"{self.num_frames} frames of {self.size}px")
+        spare_t, spare_p = total - self.num_frames, (side - self.size) // PATCH
+        if rng is None:
+            start, top, left = spare_t // 2, spare_p // 2, spare_p // 2
+        else:
+            start, top, left = (int(rng.integers(0, spare_t + 1)), int(rng.integers(0, spare_p + 1)),
+                                int(rng.integers(0, spare_p + 1)))
+        top, left = top * PATCH, left * PATCH
+        clip = frames[start:start + self.num_frames, top:top + self.size, left:left + self.size]
+        return normalize_frames(clip)
+
+
+class _TaskDataset(Dataset):
+    """Items -> video + text tensors; `train` adds jitter drawn from (seed, epoch, index)."""
+
+    def __init__(self, items: list, videos: ClipVideos, encode: Callable, train: bool, seed: int) -> None:
+        self.items, self.videos, self.encode, self.train, self.seed, self.epoch = items, videos, encode, train, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        return {"video": self.videos(item[0] if isinstance(item, tuple) else item.key, rng), **self.encode(item)}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def _finetune(run: "Run", objective: torch.nn.Module, dataset: Dataset, task: str) -> None:
+    config = run.config.downstream.optim
+    if config.steps == 0:
+        return
+    optimizer = build_optimizer(run.model, config)
+    schedule = build_schedule(optimizer, config)
+    trainable = run._wrap(objective)
+    batches = batch_stream(dataset, _collate, config.batch_size, run.config.seed, 0, run.dist, run.device,
+                           run.config.data.num_workers)
+    run.model.train()
+    run_steps(task, lambda batch: trainable(batch), list(run.model.parameters()), optimizer, schedule, batches,
+              LoopState(), config.steps, device=run.device, precision=run.config.precision,
+              grad_clip=config.grad_clip, dist=run.dist, log=run.dir.log, log_every=run.config.pretrain.log_every)
+
+
+def _eval_batches(dataset: Dataset, batch_size: int, device: torch.device) -> Iterator[dict]:
+    for start in range(0, len(dataset), batch_size):
+        yield to_device(_collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), device)
+
+
+def _frames(run: "Run") -> ClipVideos:
+    return ClipVideos(run.reader, run.config.downstream.num_frames or run.config.data.num_frames, run.config.data.size)
+
+
+def _text_encoder(tokenizer: TextTokenizer, max_len: int) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
+    return lambda texts: tokenizer.encode(texts, max_len)
+
+
+# --- retrieval -------------------------------------------------------------------------------
+
+
+def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
+    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    encode = _text_encoder(run.tokenizer, config.data.max_text_len)
+    pairs = load_retrieval_train_pairs(source, config.downstream.train_split, keep=keep)
+
+    def encode_pair(pair: tuple[str, str]) -> dict:
+        ids, mask = encode([pair[1]])
+        return {"text_ids": ids[0], "text_mask": mask[0]}
+
+    videos = _frames(run)
+    _finetune(run, RetrievalObjective(run.model, config.downstream.temperature),
+              _TaskDataset(pairs, videos, encode_pair, True, config.seed), "retrieval")
+    test = load_retrieval(source, config.downstream.eval_split, keep=keep)
+    scores = score_retrieval(run, test, videos)
+    metrics = {f"retrieval/{k}": float(v) for k, v in retrieval_metrics(scores, test.caption_to_video).items()}
+    chance = {f"retrieval/{k}": float(v) for k, v in chance_retrieval(test.n_video).items()}
+    return metrics, chance
+
+
+@torch.no_grad()
+def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.ndarray:
+    """Cross-encode every caption with every video (as the official evaluation): (N_text, N_video)."""
+    model, batch_size = run.model.eval(), run.config.downstream.eval_batch_size
+    ids, mask = run.tokenizer.encode(list(test.captions), run.config.data.max_text_len)
+    scores = torch.zeros(len(test.captions), len(test.videos))
+    with autocast(run.device, run.config.precision):
+        for start in range(0, len(test.videos), batch_size):
+            clip = torch.stack([videos(key) for key in test.videos[start:start + batch_size]]).to(run.device)
+            video_tokens, grid = model.encode_video(clip)
+            for text_start in range(0, len(test.captions), max(1, batch_size // len(clip))):
+                text_ids = ids[text_start:text_start + max(1, batch_size // len(clip))].to(run.device)
+                text_keep = mask[text_start:text_start + len(text_ids)].to(run.device)
+                block = pairwise_scores(model, video_tokens, grid, model.embed_text(text_ids), text_keep)
+                scores[text_start:text_start + len(text_ids), start:start + len(clip)] = block.float().cpu()
+    return scores.numpy()
+
+
+# --- multiple-choice QA ---------------------------------------------------------------------
+
+
+def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
+    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    encode = _text_encoder(run.tokenizer, config.data.max_text_len)
+
+    def encode_item(item: McItem) -> dict:
+        ids, mask = encode([mc_text(item.question, option) for option in item.options])
+        return {"option_ids": ids, "option_mask": mask, "answer": torch.tensor(item.answer)}
+
+    videos = _frames(run)
+    objective = MultipleChoiceObjective(run.model)
+    _finetune(run, objective, _TaskDataset(load_qa_mc(source, config.downstream.train_split, keep), videos,
+                                           encode_item, True, config.seed), "qa_mc")
+    test = _TaskDataset(load_qa_mc(source, config.downstream.eval_split, keep), videos, encode_item, False, config.seed)
+    run.model.eval()
+    predictions, gold = [], []
+    with torch.no_grad(), autocast(run.device, run.config.precision):
+        for batch in _eval_batches(test, max(1, config.downstream.eval_batch_size // 5), run.device):
+            predictions += mc_predictions(objective.option_scores(batch).float().cpu()).tolist()
+            gold += batch["answer"].cpu().tolist()
+    options = len(test.items[0].options) if test.items else 1
+    return {"qa_mc/acc": accuracy(predictions, gold), "qa_mc/n": float(len(gold))}, {"qa_mc/acc": 100.0 / options}
+
+
+# --- open-ended QA ----------------------------------------------------------------------------
+
+
+def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
+    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    tokenizer = run.tokenizer
+
+    def encode_item(item: OeItem) -> dict:
+        ids, mask = tokenizer.encode([oe_prompt(item.question, tokenizer.decode_token(tokenizer.mask_id))],
+                                     config.data.max_text_len)
+        positions = (ids[0] == tokenizer.mask_id).nonzero()
+        if len(positions) == 0:
+            raise ValueError(f"{item.key}: question too long for data.max_text_len={config.data.max_text_len}")
+        answer = tokenizer.token_id(item.answer)
+        return {"text_ids": ids[0], "text_mask": mask[0], "mask_position": positions[-1, 0],
+                "answer_id": torch.tensor(-100 if answer is None else answer)}
+
+    videos = _frames(run)
+    objective = OpenEndedObjective(run.model)
+    _finetune(run, objective, _TaskDataset(load_qa_oe(source, config.downstream.train_split, keep), videos,
+                                           encode_item, True, config.seed), "qa_oe")
+    items = load_qa_oe(source, config.downstream.eval_split, keep)
+    test = _TaskDataset(items, videos, encode_item, False, config.seed)
+    run.model.eval()
+    predictions = []
+    with torch.no_grad(), autocast(run.device, run.config.precision):
+        for batch in _eval_batches(test, config.downstream.eval_batch_size, run.device):
+            predictions += objective.answer_logits(batch).argmax(dim=-1).cpu().tolist()
+    answers = [item.answer for item in items]
+    vocabulary = len({a for a in answers})
+    return ({"qa_oe/acc": oe_accuracy(predictions, answers, tokenizer.token_id), "qa_oe/n": float(len(items))},
+            {"qa_oe/acc": 100.0 / max(1, vocabulary)})
+
+
+DOWNSTREAM_RUNNERS: dict[str, Callable[["Run"], tuple[dict[str, float], dict[str, float]]]] = {
+    "retrieval": run_retrieval, "qa_mc": run_qa_mc, "qa_oe": run_qa_oe,
+}
+
+
+def task_corpus(source: Path) -> list[str]:
+    """Every question, option and answer of the dataset's QA files, so a trained tokenizer covers them."""
+    texts: list[str] = []
+    for split in ("train", "val", "test"):
+        for loader in (load_qa_mc, load_qa_oe):
+            try:
+                items = loader(source, split)
+            except (FileNotFoundError, ValueError):
+                continue
+            for item in items:
+                texts.append(item.question)
+                texts += list(getattr(item, "options", ())) or [str(item.answer)]
+    return texts

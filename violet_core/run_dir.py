@@ -1,0 +1,96 @@
+"""The run directory: everything a run leaves behind, written by rank 0 only.
+
+    <run>/config.yaml         resolved config (every field)
+    <run>/metrics.jsonl       one JSON object per logged step or evaluation
+    <run>/final.json          headline metrics, chance levels, targets, code version, timing
+    <run>/failure.json        written instead of final.json when the run fails (class, message, step)
+    <run>/tokenizer/          the tokenizer, so resumed and downstream phases reuse it exactly
+    <run>/checkpoints/        last.pt (resumable state), pretrained.pt (model after pretraining)
+    <run>/downstream.json     results of downstream tasks already finished (resume skips them)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunDir:
+    def __init__(self, root: Path, writer: bool = True) -> None:
+        self.root = Path(root)
+        self.writer = writer
+        if writer:
+            (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "checkpoints" / "pretrained.pt"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.writer:
+            with open(self.root / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(_finite(record)) + "\n")
+
+    def truncate_log(self, phase: str, after_step: int) -> None:
+        """Drop log lines a resumed run is about to write again, so the curve has no duplicates."""
+        path = self.root / "metrics.jsonl"
+        if not self.writer or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and not _is_after(json.loads(line), phase, after_step)]
+        write_atomic(path, "".join(f"{line}\n" for line in kept))
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_json(self, name: str, record: dict[str, Any]) -> None:
+        if self.writer:
+            write_atomic(self.root / name, json.dumps(_finite(record), indent=2, sort_keys=True) + "\n")
+
+    def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Atomic: a kill during the save leaves the previous checkpoint intact."""
+        if not self.writer:
+            return
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _is_after(record: dict, phase: str, step: int) -> bool:
+    return record.get("phase") == phase and record.get("step", -1) > step
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: non-finite numbers become null (with the raw text kept nowhere silently)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def now() -> float:
+    return time.time()

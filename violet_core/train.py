@@ -1,0 +1,249 @@
+"""One run: pretrain VIOLET on cached frames and targets, then finetune and evaluate downstream.
+
+    ablate train violet_core/configs/tiny.yaml                  # one process
+    torchrun --nproc-per-node 2 -m violet_core.train CONFIG     # DDP (NCCL on GPUs, gloo on CPU)
+
+Re-running the same command on the same run directory resumes: pretraining from the last
+checkpoint (the loss curve continues exactly), downstream from the first unfinished task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from mvm_targets.store.reader import CacheReader
+from violet_core import distributed
+from violet_core.batching import batch_stream
+from violet_core.config import RunConfig, load_config, save_config
+from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
+from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
+from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, task_corpus
+from violet_core.loop import LoopState, NonFiniteLossError, run_steps
+from violet_core.masking import MaskSampler
+from violet_core.model import Violet, load_pretrained_parts
+from violet_core.objectives import PretrainObjective
+from violet_core.optim import build_optimizer, build_schedule
+from violet_core.run_dir import RunDir
+from violet_core.target_info import TargetInfo, read_target_infos
+
+log = logging.getLogger("violet_core")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """Everything one training run holds; `execute()` does pretraining then the downstream tasks."""
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        self.config = config
+        self.dist = distributed.init_distributed(config.device if config.device != "auto" else
+                                                 ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = distributed.resolve_device(config.device, self.dist.local_rank)
+        self.dir = RunDir(run_dir, writer=self.dist.is_main)
+        if self.dist.is_main:
+            save_config(config, self.dir.root / "config.yaml")
+        seed_everything(config.seed)
+        data = config.data
+        self.reader = CacheReader(Path(data.cache), data.dataset, targets=list(config.mvm.targets),
+                                  frames_id=data.frames_id)
+        self.infos: list[TargetInfo] = read_target_infos(self.reader, list(config.mvm.targets))
+        self.tokenizer = self._tokenizer()
+        self.model = Violet(config.model, self.tokenizer.vocab_size, data.max_text_len, self.infos,
+                            config.mvm.normalization, config.mvm.flow_max_magnitude,
+                            attention_weights="am" in config.mask.strategies).to(self.device)
+        self.loaded_parts = load_pretrained_parts(self.model, config.model)
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def _tokenizer(self) -> TextTokenizer:
+        if self.dist.is_main and not (self.dir.tokenizer / "tokenizer.json").exists():
+            corpus = [c for key in self.reader.keys for c in self.reader.captions.get(key, [])]
+            corpus += task_corpus(Path(self.config.data.source))
+            build_tokenizer(self.config.data.tokenizer, corpus, self.config.data.vocab_size, save_dir=self.dir.tokenizer)
+        distributed.barrier(self.dist)
+        return load_tokenizer(self.dir.tokenizer)
+
+    def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return module
+        # heads of targets a 1-frame batch cannot use stay idle; DDP must not wait for them
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def pretrain(self) -> dict[str, float]:
+        config, optim = self.config, self.config.pretrain.optim
+        if self.dir.pretrained.exists():
+            self.model.load_state_dict(torch.load(self.dir.pretrained, map_location=self.device, weights_only=True))
+            return (self.dir.read_json("pretrain.json") or {}).get("losses", {})
+        keys = split_keys(Path(config.data.source), "train", self.reader.keys)
+        dataset = PretrainDataset(self.reader, self.infos, self.tokenizer, keys, config.data.num_frames,
+                                  config.data.size, config.data.max_text_len, config.data.hflip_prob,
+                                  config.data.random_crop, seed=config.seed)
+        sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper)
+        objective = PretrainObjective(self.model, sampler, self.tokenizer.mask_id, config.pretrain.vtm_negatives,
+                                      config.pretrain.temperature, config.mvm.weight)
+        trainable = self._wrap(objective)
+        optimizer = build_optimizer(self.model, optim)
+        schedule = build_schedule(optimizer, optim)
+        mask_rng = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
+        state = LoopState()
+        if self.dir.checkpoint.exists():
+            state = self._restore(optimizer, schedule, mask_rng)
+            self.dir.truncate_log("pretrain", state.step)
+
+        def checkpoint() -> None:
+            self.dir.save_checkpoint(self.dir.checkpoint, {
+                "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "step": state.step, "samples": state.samples,
+                "mask_rng": mask_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            })
+
+        def compute(batch: dict) -> dict[str, torch.Tensor]:
+            return trainable(batch, mask_rng, self.tokenizer.special_mask(batch["text_ids"]))
+
+        self.model.train()
+        batches = batch_stream(dataset, collate_pretrain, optim.batch_size, config.seed, state.step, self.dist,
+                               self.device, config.data.num_workers)
+        losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule, batches, state,
+                           optim.steps, device=self.device, precision=config.precision, grad_clip=optim.grad_clip,
+                           dist=self.dist, log=self.dir.log, log_every=config.pretrain.log_every,
+                           checkpoint=checkpoint, checkpoint_every=config.pretrain.checkpoint_every)
+        if self.dist.is_main:
+            torch.save(self.model.state_dict(), self.dir.pretrained)
+            self.dir.write_json("pretrain.json", {"losses": losses, "steps": state.step})
+            self.dir.checkpoint.unlink(missing_ok=True)  # pretrained.pt supersedes it
+        distributed.barrier(self.dist)
+        return losses
+
+    def _restore(self, optimizer, schedule, mask_rng: torch.Generator) -> LoopState:
+        saved = torch.load(self.dir.checkpoint, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        mask_rng.set_state(saved["mask_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        log.info("resumed pretraining at step %d from %s", saved["step"], self.dir.checkpoint)
+        return LoopState(step=saved["step"], samples=saved["samples"])
+
+    def downstream(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Finetune a fresh copy of the pretrained weights per task, then evaluate it."""
+        done = self.dir.read_json("downstream.json") or {"metrics": {}, "chance": {}, "tasks": []}
+        pretrained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        for task in self.config.downstream.tasks:
+            if task in done["tasks"]:
+                continue
+            self.model.load_state_dict(pretrained)
+            seed_everything(self.config.seed + 1)
+            metrics, chance = DOWNSTREAM_RUNNERS[task](self)
+            done["metrics"].update(metrics)
+            done["chance"].update(chance)
+            done["tasks"].append(task)
+            self.dir.write_json("downstream.json", done)
+            self.dir.log({"phase": task, "step": self.config.downstream.optim.steps, "split": "eval", **metrics})
+        return done["metrics"], done["chance"]
+
+    def execute(self) -> dict[str, Any]:
+        started = time.time()
+        losses = self.pretrain()
+        metrics, chance = self.downstream()
+        record = {
+            "name": self.config.name, "seed": self.config.seed,
+            "metrics": {**{f"pretrain/{k}": v for k, v in losses.items()}, **metrics},
+            "chance": chance,
+            "targets": [{"ref": i.ref, "target_id": i.target_id, "teacher_weights": i.teacher_weights}
+                        for i in self.infos],
+            "code_version": code_version(), "config_hash": config_digest(self.config),
+            "steps": self.config.pretrain.optim.steps, "wall_s": round(time.time() - started, 2),
+            "world_size": self.dist.world, "device": str(self.device), "loaded": self.loaded_parts,
+        }
+        self.dir.write_json("final.json", record)
+        return record
+
+
+def code_version() -> str:
+    from mvm_targets.store.schema import code_version as mvm_code_version
+
+    return mvm_code_version()
+
+
+def config_digest(config: RunConfig) -> str:
+    import hashlib
+
+    return hashlib.sha256(config.canonical_json().encode()).hexdigest()[:12]
+
+
+def train(config_path: str | Path, run_dir: str | Path | None = None,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one config end to end; returns the final record (rank 0's view)."""
+    config = load_config(config_path, overrides)
+    run_path = Path(run_dir) if run_dir else Path(config.out_dir) / config.name
+    run = Run(config, run_path)
+    try:
+        return run.execute()
+    except NonFiniteLossError as error:
+        run.dir.write_json("failure.json", {"class": "nan", "message": str(error), "step": error.step})
+        raise
+    finally:
+        distributed.shutdown(run.dist)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings, values parsed as YAML (`mvm.targets=[sif]`, `mask.ratio=0.5`)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override '{pair}' is not KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="violet_core.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        record = train(args.config, args.run_dir, parse_overrides(args.overrides))
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(summary_line(record))
+    return 0
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    shown = {k: v for k, v in record["metrics"].items() if not k.startswith("pretrain/") or k == "pretrain/loss"}
+    return "done: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
