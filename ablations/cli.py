@@ -41,7 +41,7 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
                                            help="rerun done runs whose grid file or code version changed"),
         launcher: str = typer.Option("local", "--launcher", help="local, or slurm (needs submitit: the slurm extra)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="default: runs/<grid name>"),
-        overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML value); repeatable"),
+        overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML); repeatable"),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="per-run limit in seconds (local launcher)"),
         slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
         slurm_time: int = typer.Option(24 * 60, "--slurm-time", help="minutes per attempt; time-outs are requeued"),
@@ -79,7 +79,7 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
 @app.command()
 def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, or a grid YAML"),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="with a grid: default runs/<grid name>"),
-           overrides: list[str] = typer.Option([], "--set", help="with a grid: the same --set as `ablate run`")) -> None:
+           overrides: list[str] = typer.Option([], "--set", help="with a grid: as given to `ablate run`")) -> None:
     """Table of runs: alias, run id, state, failure, duration, headline metric."""
     from ablations.runner import parse_sets
     from ablations.status import collect_rows, format_table, summarize_states

@@ -29,8 +29,8 @@ import yaml
 from ablations.grid import Grid, RunSpec, describe
 from ablations.status import (CONFIG_FILE, FAILURE_FILE, FINAL_FILE, LOCK_FILE, LOG_FILE, RUN_FILE, RunStatus,
                               current_slurm_job, default_runs_dir, effective_state, format_duration, format_metric,
-                              headline, now_iso, process_start_ticks, read_json, read_status, running_elsewhere,
-                              this_host, write_json_atomic, write_status)
+                              headline, now_iso, pid_alive, process_start_ticks, read_json, read_status,
+                              running_elsewhere, this_host, write_json_atomic, write_status)
 
 POLL_S = 0.2
 TERMINATE_GRACE_S = 20.0  # after SIGTERM, before SIGKILL
@@ -314,17 +314,29 @@ def finish_run(active: ActiveRun, returncode: int) -> RunStatus:
 
 
 def interrupt_run(active: ActiveRun, reason: str) -> None:
-    """Stop an attempt because the harness is stopping; the run goes back to pending, to resume later."""
-    if active.proc.poll() is None:
-        active.proc.send_signal(signal.SIGTERM)
-        try:
-            active.proc.wait(TERMINATE_GRACE_S)
-        except subprocess.TimeoutExpired:
-            active.proc.kill()
-            active.proc.wait()
+    """Stop an attempt because the harness is stopping; the run goes back to pending, to resume later.
+
+    Safe inside a signal handler: the process is stopped and watched by pid, never through
+    Popen.wait, whose lock the interrupted main thread may be holding.
+    """
+    stop_process(active.proc.pid)
     write_status(active.run_dir, replace(active.status, state="pending", exit_code=active.proc.returncode,
                                          message=f"interrupted ({reason}); rerunning resumes it from its checkpoint"))
     active.claim.release()
+
+
+def stop_process(pid: int, grace_s: float = TERMINATE_GRACE_S) -> None:
+    """SIGTERM (torchrun passes it on to its workers), then SIGKILL if still alive after `grace_s`."""
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            return
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def execute_run(spec: RunSpec, run_dir: Path, nproc: int = 0, timeout_s: float | None = None,
@@ -439,7 +451,7 @@ class LocalPool:
 
     @staticmethod
     def _thread_env(jobs: int) -> dict[str, str]:
-        """Concurrent CPU runs would each start one thread per core; share the cores out instead."""
+        """Concurrent runs would each start one thread per core (torch, data loading); share the cores out."""
         if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
             return {}
         return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
@@ -488,6 +500,10 @@ class LocalPool:
             fresh = decide(spec, run_dir, self.grid, self.code, self.options)
             if not fresh.runs and fresh.state in ("done", "failed"):
                 claim.release()
+                if fresh.state == "done":
+                    self.progress.done += 1
+                else:
+                    self.progress.failed += 1
                 self.say(f"{self._prefix(queued, active)} {spec.alias} skipped: {fresh.reason} meanwhile")
                 return None
             if fresh.state == "done":  # --rerun-changed
@@ -501,7 +517,7 @@ class LocalPool:
             raise
         where = f" on GPU {','.join(slot)}" if slot else ""
         self.say(f"{self._prefix(queued, [*active, run])} {spec.alias} started{where} "
-                 f"({fresh.reason}, attempt {run.status.attempts}, {run_dir})")
+                 f"({decision.reason}, attempt {run.status.attempts}, {run_dir})")
         return run
 
     def _enforce_timeout(self, run: ActiveRun) -> None:
@@ -561,6 +577,12 @@ def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
     0: every run is done (or, with the Slurm launcher, submitted); 1: some run failed or is still
     owned by another process.
     """
+    if options.launcher not in ("local", "slurm"):
+        raise ValueError(f"--launcher must be local or slurm, got '{options.launcher}'")
+    if options.launcher == "slurm" and not options.dry_run:
+        from ablations.slurm import require_submitit
+
+        require_submitit()  # before any extraction: a missing extra should cost nothing
     runs_dir = Path(options.runs_dir) if options.runs_dir else default_runs_dir(grid.name)
     code = code_version()
     decisions = plan_runs(grid, runs_dir, code, options)
@@ -580,17 +602,17 @@ def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
         return 0 if failed == 0 and not elsewhere else 1
     from ablations.prepare import prepare_cache
 
-    prepare_cache(grid, say)
     if options.launcher == "slurm":
         from ablations.slurm import submit_runs
 
+        prepare_cache(grid, say)
         return submit_runs(grid, to_run, runs_dir, code, options, say)
-    if options.launcher != "local":
-        raise ValueError(f"--launcher must be local or slurm, got '{options.launcher}'")
     durations = [d for d in (_duration(x.run_dir) for x in decisions if x.state == "done") if d is not None]
     progress = Progress(total=len(decisions), done=done, failed=failed, concurrency=1, durations=durations)
+    pool = LocalPool(grid, code, options, progress, say)  # checks --gpus-per-run before any extraction
+    prepare_cache(grid, say)
     started = time.monotonic()
-    result = LocalPool(grid, code, options, progress, say).run(to_run)
+    result = pool.run(to_run)
     say(_final_line(grid, runs_dir, progress, result, time.monotonic() - started))
     return 0 if progress.failed == 0 and progress.done == progress.total else 1
 

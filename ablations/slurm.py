@@ -74,18 +74,17 @@ class RunJob(_Checkpointable):  # type: ignore[misc, valid-type]
         self._active = active
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Preempted or timing out: mark the run pending and requeue the same call.
+        """Preempted or timing out: stop the trainer, mark the run pending and requeue the same call.
 
-        The trainer needs no signal: it checkpoints on its own schedule, and Slurm stops it with
-        the job; the requeued task resumes from that checkpoint.
+        The trainer checkpoints on its own schedule, so stopping it now loses nothing a requeue
+        would not lose anyway; stopping it here, rather than leaving it to Slurm, guarantees that
+        the requeued task never finds the previous attempt still writing to the run directory.
         """
+        from ablations.runner import interrupt_run
+
         active, self._active = self._active, None
         if active is not None:
-            run_dir = Path(self.run_dir)
-            status = read_status(run_dir) or active.status
-            write_status(run_dir, replace(status, state="pending",
-                                          message="preempted or timed out; requeued, resumes from its checkpoint"))
-            active.claim.release()
+            interrupt_run(active, "preempted or timed out, requeued")
         return super().checkpoint(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -139,7 +138,7 @@ def submit(grid: Grid, decisions: Sequence[Any], runs_dir: Path, code: str, opti
 
     Returns the submitit jobs and how many runs were skipped because another process owns them.
     """
-    from ablations.runner import claim_run, write_run_files
+    from ablations.runner import archive_outputs, claim_run, write_run_files
     from ablations.status import RunStatus
 
     slurm: SlurmOptions = options.slurm or SlurmOptions()
@@ -154,6 +153,8 @@ def submit(grid: Grid, decisions: Sequence[Any], runs_dir: Path, code: str, opti
             busy += 1
             continue
         try:
+            if decision.state == "done":  # --rerun-changed: the job must not find the old results
+                say(f"{decision.spec.alias}: previous results moved to {archive_outputs(decision.run_dir)}")
             write_run_files(decision.spec, decision.run_dir, grid, code)
             previous = read_status(decision.run_dir) or RunStatus()
             write_status(decision.run_dir, replace(previous, state="pending", failure=None, finished=None,

@@ -41,7 +41,7 @@ FAILURES = ("nan", "crash", "killed", "config", "timeout")
 # Shown first when present; otherwise the first downstream metric, else the pretraining loss.
 HEADLINE = ("retrieval/R@1", "retrieval/AveR", "qa_oe/acc", "qa_mc/acc")
 # Substrings of a command line that mark a process as one of ours; guards against a recycled pid.
-TRAINER_MARKERS = ("violet_core", "torch.distributed.run", "torchrun", "ablations", "ablate", "submitit")
+TRAINER_MARKERS = ("violet_core", "torch.distributed.run", "torchrun")
 
 
 @dataclass
@@ -232,8 +232,8 @@ def running_elsewhere(run_dir: Path, status: RunStatus | None) -> str | None:
     if status is not None and status.state == "running" and \
             holder_alive(status.pid, status.host, status.job, check_cmdline=True):
         return _describe_holder("trainer", status.pid, status.host, status.job)
-    if status is not None and status.state == "pending" and status.job and \
-            holder_alive(None, "<slurm>", status.job):
+    if status is not None and status.state == "pending" and status.job and status.job != current_slurm_job() \
+            and slurm_job_alive(status.job) is not False:  # submitted and still known to Slurm (or unknowable)
         return f"queued as Slurm job {status.job}"
     return None
 
@@ -353,7 +353,7 @@ def collect_rows(target: Path, runs_dir: Path | None = None,
         root = Path(runs_dir) if runs_dir else default_runs_dir(grid.name)
         rows = [status_row(root / spec.run_id, spec.alias, spec.run_id) for spec in grid.runs]
         return f"grid {grid.name}: {root}", rows
-    rows = [status_row(path) for path in find_run_dirs(target)]
+    rows = sorted((status_row(path) for path in find_run_dirs(target)), key=lambda r: (r.grid, r.alias))
     return str(target), rows
 
 
@@ -365,11 +365,11 @@ def format_table(rows: Iterable[StatusRow]) -> str:
     rows = list(rows)
     show_grid = len({r.grid for r in rows}) > 1
     header = (["grid"] if show_grid else []) + ["alias", "run id", "state", "failure", "duration", "metric"]
-    body = [([r.grid] if show_grid else []) + [r.alias, r.run_id, r.state, r.failure or "-", r.duration, r.metric or "-"]
-            for r in rows]
-    widths = [max(len(str(line[i])) for line in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header] + body]
-    return "\n".join(lines)
+    body = [([r.grid] if show_grid else [])
+            + [r.alias, r.run_id, r.state, r.failure or "-", r.duration, r.metric or "-"] for r in rows]
+    table = [header] + body
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table)
 
 
 def summarize_states(rows: Iterable[StatusRow]) -> str:

@@ -52,6 +52,7 @@ class ModelConfig:
     heads: int = 2
     intermediate: int = 512
     dropout: float = 0.1
+    init_std: float = 0.02  # BERT's initializer_range; small models learn faster with ~1/sqrt(hidden)
     max_frames: int = 8  # temporal embedding table size
     max_patches: int = 196  # spatial embedding table size (14 x 14 grid at 448 px)
     grad_checkpointing: bool = False
@@ -267,6 +268,8 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be an integer, got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str):
+            value = _yaml11_float(value)  # PyYAML reads `1e-3` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r}")
         return float(value)
@@ -275,6 +278,13 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be a string, got {value!r}")
         return value
     raise ConfigError(f"'{key}': unsupported field type {kind}")
+
+
+def _yaml11_float(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _plain(value: Any) -> Any:

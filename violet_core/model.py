@@ -58,7 +58,9 @@ class VideoEncoder(nn.Module):
         self.temporal = nn.Embedding(config.max_frames, config.hidden)
         self.norm = nn.LayerNorm(config.hidden)
         self.max_patches, self.max_frames = config.max_patches, config.max_frames
-        nn.init.normal_(self.frame_cls, std=0.02)
+        # BERT-style small init: N(0, 1) position tables would swamp the video content after the LayerNorm
+        for table in (self.frame_cls, self.spatial.weight, self.temporal.weight):
+            nn.init.normal_(table, std=0.02)
 
     def forward(self, video: Tensor) -> tuple[Tensor, VideoGrid]:
         batch, frames = video.shape[:2]
@@ -91,7 +93,7 @@ class Violet(nn.Module):
             vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
             num_attention_heads=config.heads, intermediate_size=config.intermediate,
             hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-            max_position_embeddings=max(512, max_text_len))
+            max_position_embeddings=max(512, max_text_len), initializer_range=config.init_std)
         # eager attention exposes the attention probabilities that attended masking (AM) samples from
         bert_config._attn_implementation = "eager" if attention_weights else "sdpa"
         self.video = VideoEncoder(config)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from mvm_targets.errors import MvmTargetsError
 from mvm_targets.store.reader import CacheReader
 from violet_core import distributed
 from violet_core.batching import batch_stream
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MvmTargetsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(__import__("os").environ.get("RANK", "0")) == 0:
