@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The README's main job on the built-in synthetic dataset: synthesise, extract the weights-free
-# targets, verify the cache, summarise it, and draw one clip's targets.
+# The README's main job: the demo grid (targets none / pixel / hog / flow:dis x 2 seeds, tiny preset)
+# on the built-in synthetic dataset. `ablate run` synthesises the dataset and extracts every target
+# the grid needs once, then trains the runs that are not done yet; `ablate report` writes the tables
+# and plots. Rerunning resumes: finished runs are skipped.
 set -euo pipefail
-DATA=${DATA:-data/synthetic}
-CACHE=${CACHE:-cache}
-mvmtargets synth "$DATA" --clips "${CLIPS:-64}" --seed 0
-mvmtargets extract "$DATA/captions.csv" --target pixel --target hog --target hog:maskfeat --target flow:dis \
-  --out "$CACHE" --workers 2
-mvmtargets verify --cache "$CACHE" --dataset synthetic
-mvmtargets info --cache "$CACHE" --dataset synthetic
-mvmtargets show videos/clip_00000 --target hog --cache "$CACHE" --dataset synthetic --out "$CACHE/show_hog.png"
-mvmtargets show videos/clip_00000 --target flow --cache "$CACHE" --dataset synthetic --out "$CACHE/show_flow.png"
+RUNS=${RUNS:-runs/demo}
+ablate run ablations/grids/demo.yaml --runs-dir "$RUNS" --jobs "${JOBS:-1}"
+mvmtargets verify --cache cache --dataset synthetic
+ablate report "$RUNS" --out "$RUNS/report"
+echo "report: $RUNS/report/report.md"

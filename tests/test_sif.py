@@ -243,3 +243,13 @@ def test_resampling_rule():
     expected = features.reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5)).flatten(2).transpose(1, 2)
     torch.testing.assert_close(pooled, expected)
     assert patch_grid.to_patch_grid(features, 3).shape == (2, 9, 3)
+
+
+def test_bf16_teacher_resamples_to_a_smaller_grid(swin_dir):
+    """bf16 autocast (auto on CPUs with AMX) must not reach the antialiased resize, which has no bf16 kernel."""
+    root, _ = swin_dir
+    target = build_sif("timm", model=SWIN, weights_dir=root, model_kwargs=TINY_SWIN, precision="bf16")
+    frames = np.random.default_rng(0).integers(0, 255, (1, 2, 64, 64, 3), dtype=np.uint8)
+    data = target.compute(frames)["data"]
+    assert data.shape == (1, 2, 4, target.spec.clip_shape(2, 64)[-1])
+    assert np.isfinite(data.astype(np.float32)).all()

@@ -77,7 +77,9 @@ def to_patch_grid(features: torch.Tensor, side: int) -> torch.Tensor:
         features = F.adaptive_avg_pool2d(features, side)
     elif method == "bilinear":
         # antialias only matters when shrinking: it averages instead of skipping teacher cells
-        features = F.interpolate(features, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        # float32: CPU antialiased resize has no bf16 kernel, and teachers may run under bf16 autocast
+        features = F.interpolate(features.float(), size=(side, side), mode="bilinear", align_corners=False,
+                                 antialias=True)
     return features.flatten(2).transpose(1, 2)
 
 
