@@ -49,7 +49,7 @@ def weights_dir(tmp_path_factory, source_model) -> Path:
 
 @pytest.fixture(scope="module")
 def target(weights_dir):
-    return build_tvf("k600", weights="pretrained", weights_dir=weights_dir, arch="tiny", batch_size=2)
+    return build_tvf("k600", weights="pretrained", weights_dir=weights_dir, arch="tiny", batch_size=2, precision="fp32")
 
 
 def test_shape_dtype_and_values(target, source_model):
