@@ -194,3 +194,18 @@ def test_missing_cached_target_is_one_line_error(workspace):
     assert result.returncode == 2
     assert "no cached target 'depth:dpt-hybrid'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_retrieval_reads_a_benchmark_file_through_its_adapter(workspace, one_torch_thread):
+    captions = {}
+    for line in (workspace / "data" / "captions.csv").read_text().splitlines()[1:]:
+        path, caption = line.split(",", 1)
+        captions[Path(path).stem] = caption.rsplit(",", 1)[0].strip('"')
+    entries = [{"video_id": stem, "caption": caption} for stem, caption in sorted(captions.items())[:6]]
+    benchmark = workspace / "msrvtt_test.json"
+    benchmark.write_text(json.dumps(entries))
+    files = {"retrieval_train": f"msrvtt_retrieval:{benchmark}", "retrieval_eval": f"msrvtt_retrieval:{benchmark}"}
+    config = write_config(workspace, "bench_files", downstream={"tasks": ["retrieval"], "files": files,
+                                                                "key_format": "videos/{video_id}"})
+    final = train_module.train(config)
+    assert final["metrics"]["retrieval/n_video"] == 6 and final["metrics"]["retrieval/n_text"] == 6

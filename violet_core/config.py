@@ -104,8 +104,10 @@ class DownstreamConfig:
     eval_split: str = "test"
     temperature: float = 0.05
     eval_batch_size: int = 32
-    tasks_files: dict[str, str] = field(default_factory=dict)  # task -> adapter file (public benchmarks)
-    key_format: str = "{video_id}"
+    # public benchmark files instead of the synthetic layout: "<task>_<train|eval>" -> "<kind>:<path>",
+    # e.g. {retrieval_eval: "msrvtt_retrieval:data/msrvtt/test_1k.json"}; kinds: violet_core.downstream.adapters
+    files: dict[str, str] = field(default_factory=dict)
+    key_format: str = "{video_id}"  # maps a file's video id to a cache key, e.g. "videos/{video_id}"
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,10 @@ def validate(config: RunConfig) -> None:
          f"{config.model.hidden} is not divisible by model.heads={config.model.heads}")
     need(config.data.num_frames <= config.model.max_frames, "data.num_frames",
          f"{config.data.num_frames} exceeds model.max_frames={config.model.max_frames}")
+    for key, value in config.downstream.files.items():
+        task, _, role = key.rpartition("_")
+        need(task in DOWNSTREAM_TASKS and role in ("train", "eval") and ":" in value, f"downstream.files.{key}",
+             f"expected <task>_<train|eval>: <kind>:<path> with task in {list(DOWNSTREAM_TASKS)}, got {value!r}")
     unknown_tasks = [t for t in config.downstream.tasks if t not in DOWNSTREAM_TASKS]
     need(not unknown_tasks, "downstream.tasks", f"unknown {unknown_tasks}; choose from {list(DOWNSTREAM_TASKS)}")
     for section in ("pretrain", "downstream"):

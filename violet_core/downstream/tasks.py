@@ -22,6 +22,7 @@ from mvm_targets.store.reader import CacheReader
 from violet_core.batching import batch_stream, to_device
 from violet_core.data.pretrain import normalize_frames
 from violet_core.data.tokenizer import TextTokenizer
+from violet_core.downstream.adapters import load_task_file
 from violet_core.downstream.metrics import (accuracy, chance_retrieval, mc_predictions, oe_accuracy,
                                             retrieval_metrics)
 from violet_core.downstream.records import (McItem, OeItem, RetrievalSet, load_qa_mc, load_qa_oe, load_retrieval,
@@ -105,6 +106,18 @@ def _frames(run: "Run") -> ClipVideos:
     return ClipVideos(run.reader, run.config.downstream.num_frames or run.config.data.num_frames, run.config.data.size)
 
 
+def task_records(run: "Run", task: str, role: str, synthetic: Callable[[Path, str, set[str]], object]):
+    """Records for `task` (`role` train or eval): from `downstream.files` when the config names a
+    benchmark file for it, else from the synthetic dataset layout under `data.source`."""
+    config, keep = run.config.downstream, set(run.reader.keys)
+    spec = config.files.get(f"{task}_{role}")
+    if spec is None:
+        split = config.train_split if role == "train" else config.eval_split
+        return synthetic(Path(run.config.data.source), split, keep)
+    kind, _, path = spec.partition(":")
+    return load_task_file(path, kind, config.key_format, keep)
+
+
 def _text_encoder(tokenizer: TextTokenizer, max_len: int) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
     return lambda texts: tokenizer.encode(texts, max_len)
 
@@ -113,9 +126,10 @@ def _text_encoder(tokenizer: TextTokenizer, max_len: int) -> Callable[[list[str]
 
 
 def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    config = run.config
     encode = _text_encoder(run.tokenizer, config.data.max_text_len)
-    pairs = load_retrieval_train_pairs(source, config.downstream.train_split, keep=keep)
+    train = task_records(run, "retrieval", "train", _retrieval_pairs)
+    pairs = train.pairs() if isinstance(train, RetrievalSet) else train
 
     def encode_pair(pair: tuple[str, str]) -> dict:
         ids, mask = encode([pair[1]])
@@ -124,7 +138,7 @@ def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
     videos = _frames(run)
     _finetune(run, RetrievalObjective(run.model, config.downstream.temperature),
               _TaskDataset(pairs, videos, encode_pair, True, config.seed), "retrieval")
-    test = load_retrieval(source, config.downstream.eval_split, keep=keep)
+    test = task_records(run, "retrieval", "eval", load_retrieval)
     scores = score_retrieval(run, test, videos)
     metrics = {f"retrieval/{k}": float(v) for k, v in retrieval_metrics(scores, test.caption_to_video).items()}
     chance = {f"retrieval/{k}": float(v) for k, v in chance_retrieval(test.n_video).items()}
@@ -152,8 +166,12 @@ def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.nd
 # --- multiple-choice QA ---------------------------------------------------------------------
 
 
+def _retrieval_pairs(source: Path, split: str, keep: set[str]) -> list[tuple[str, str]]:
+    return load_retrieval_train_pairs(source, split, keep=keep)
+
+
 def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    config = run.config
     encode = _text_encoder(run.tokenizer, config.data.max_text_len)
 
     def encode_item(item: McItem) -> dict:
@@ -162,9 +180,9 @@ def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 
     videos = _frames(run)
     objective = MultipleChoiceObjective(run.model)
-    _finetune(run, objective, _TaskDataset(load_qa_mc(source, config.downstream.train_split, keep), videos,
+    _finetune(run, objective, _TaskDataset(task_records(run, "qa_mc", "train", load_qa_mc), videos,
                                            encode_item, True, config.seed), "qa_mc")
-    test = _TaskDataset(load_qa_mc(source, config.downstream.eval_split, keep), videos, encode_item, False, config.seed)
+    test = _TaskDataset(task_records(run, "qa_mc", "eval", load_qa_mc), videos, encode_item, False, config.seed)
     run.model.eval()
     predictions, gold = [], []
     with torch.no_grad(), autocast(run.device, run.config.precision):
@@ -179,7 +197,7 @@ def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 
 
 def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config, source, keep = run.config, Path(run.config.data.source), set(run.reader.keys)
+    config = run.config
     tokenizer = run.tokenizer
 
     def encode_item(item: OeItem) -> dict:
@@ -194,9 +212,9 @@ def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 
     videos = _frames(run)
     objective = OpenEndedObjective(run.model)
-    _finetune(run, objective, _TaskDataset(load_qa_oe(source, config.downstream.train_split, keep), videos,
+    _finetune(run, objective, _TaskDataset(task_records(run, "qa_oe", "train", load_qa_oe), videos,
                                            encode_item, True, config.seed), "qa_oe")
-    items = load_qa_oe(source, config.downstream.eval_split, keep)
+    items = task_records(run, "qa_oe", "eval", load_qa_oe)
     test = _TaskDataset(items, videos, encode_item, False, config.seed)
     run.model.eval()
     predictions = []
