@@ -1,9 +1,10 @@
 """A harness that cannot detect a planted effect cannot be trusted with a real one.
 
-The planted target is built from the generator's ground truth: for every 32-px patch of every
-frame, which of the synthetic palette's object colours it contains (the renderer draws objects in
-six saturated colours that never occur in the muted backgrounds). Captions name those colours, so
-regressing this map teaches the video encoder exactly what retrieval needs. The grid trains
+The planted target is built from the generator's ground truth: which of the synthetic palette's
+object colours the clip contains (the renderer draws objects in six saturated colours that never
+occur in the muted backgrounds), written into every 32-px patch of every frame. Captions name those
+colours, and a masked patch can only be filled in from the rest of the clip, so regressing this map
+teaches the model exactly what retrieval needs. The grid trains
 `none` and the planted target over three seeds through `ablate run`, and `ablate report` must show
 a positive delta on retrieval with mean +- s.e. intervals that do not overlap.
 
@@ -39,31 +40,34 @@ METRIC = "retrieval/R@5"
 
 
 class PaletteTarget:
-    """(T, h*w, 6): 1 where a patch holds at least 4 pixels within RGB distance 60 of a palette colour."""
+    """(T, h*w, 6): 1 for each palette colour found in the clip (at least 4 pixels within RGB
+    distance 60 in some patch of some frame), the same vector at every patch."""
 
     def __init__(self) -> None:
         self.palette = np.array(list(COLORS.values()), dtype=np.float32)
         self.spec = TargetSpec(
             name="palette", variant="truth", version=1, grid=Grid.PATCH, dtype="float16", loss="l1",
             clip_shape=lambda t, s: (t, (s // PATCH) ** 2, len(COLORS)),
-            params={"threshold": 60, "min_pixels": 4}, description="test-only planted target")
+            params={"threshold": 60, "min_pixels": 4, "scope": "clip"}, description="test-only planted target")
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         batch, count, size = frames.shape[:3]
         side = size // PATCH
         distance = np.linalg.norm(frames[..., None, :].astype(np.float32) - self.palette, axis=-1)  # (B,T,S,S,6)
         hits = (distance < 60).reshape(batch, count, side, PATCH, side, PATCH, len(self.palette)).sum(axis=(3, 5))
-        present = (hits >= 4).reshape(batch, count, side * side, len(self.palette))
+        in_clip = (hits >= 4).any(axis=(1, 2, 3))  # (B, 6)
+        present = np.broadcast_to(in_clip[:, None, None, :], (batch, count, side * side, len(self.palette)))
         return {"data": present.astype(np.float16)}
 
 
-def test_palette_target_marks_the_patches_holding_each_colour():
-    frames = np.zeros((1, 1, 64, 64, 3), dtype=np.uint8)
-    frames[0, 0, 40:50, 5:15] = COLORS["blue"]  # bottom-left patch
+def test_palette_target_marks_the_colours_of_the_clip_everywhere():
+    frames = np.zeros((2, 2, 64, 64, 3), dtype=np.uint8)
+    frames[0, 1, 40:50, 5:15] = COLORS["blue"]  # one patch of the second frame of clip 0
+    frames[1, 0, 0:2, 0:1] = COLORS["red"]  # 2 pixels: below the 4-pixel floor
     data = PaletteTarget().compute(frames)["data"]
-    assert data.shape == (1, 1, 4, 6)
+    assert data.shape == (2, 2, 4, 6)
     blue = list(COLORS).index("blue")
-    assert data[0, 0, 2, blue] == 1 and data.sum() == 1
+    assert (data[0, :, :, blue] == 1).all() and data[0].sum() == 8 and data[1].sum() == 0
 
 
 @pytest.mark.timeout(1800)
