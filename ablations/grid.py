@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from violet_core.config import ConfigError, RunConfig, apply_overrides, config_from_dict, field_paths
+from violet_core.config import (ConfigError, RunConfig, apply_overrides, config_from_dict, field_paths,
+                                read_yaml_mapping)
 
 TOP_LEVEL_KEYS = ("name", "description", "base_config", "base", "cache", "axes", "zip", "exclude", "seeds",
                   "baseline", "labels")
@@ -166,15 +166,7 @@ def _canon(value: Any) -> Any:
 def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Grid:
     """Read a grid YAML and expand it; `overrides` are dotted RunConfig keys applied to the base."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise GridError(f"{path}: no such grid file") from None
-    except yaml.YAMLError as error:
-        raise GridError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise GridError(f"{path}: a grid must be a mapping, got {type(raw).__name__}")
-    return expand(raw, path, overrides)
+    return expand(read_yaml_mapping(path, "grid", GridError), path, overrides)
 
 
 def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapping[str, Any] | None = None) -> Grid:
@@ -260,14 +252,12 @@ def _load_base(spec: Mapping[str, Any], path: Path, fail: Fail) -> dict[str, Any
     base: dict[str, Any] = {}
     if spec.get("base_config"):
         config_path = (path.parent / str(spec["base_config"])).resolve()
+        if not config_path.exists():
+            raise fail("base_config", f"no such file {config_path}")
         try:
-            base = yaml.safe_load(config_path.read_text()) or {}
-        except FileNotFoundError:
-            raise fail("base_config", f"no such file {config_path}") from None
-        except yaml.YAMLError as error:
-            raise fail("base_config", f"{config_path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(base, dict):
-            raise fail("base_config", f"{config_path} must hold a mapping")
+            base = read_yaml_mapping(config_path, "base_config", ConfigError)
+        except ConfigError as error:
+            raise fail("base_config", str(error)) from None
     stated = spec.get("base") or {}
     if not isinstance(stated, Mapping):
         raise fail("base", f"must be a mapping of RunConfig fields, got {stated!r}")

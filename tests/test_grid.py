@@ -301,7 +301,9 @@ def test_demo_grid_content(tmp_path):
     raw = yaml.safe_load((GRIDS / "demo.yaml").read_text())
     assert raw["base_config"] == "../../violet_core/configs/tiny.yaml"
     assert raw["cache"] == {"source": "data/synthetic/captions.csv", "synth": {"clips": 96, "seed": 0},
-                            "num_frames": 4, "size": 128}
+                            "num_frames": 4, "size": 64}
+    tiny = yaml.safe_load((GRIDS.parent.parent / "violet_core" / "configs" / "tiny.yaml").read_text())
+    assert raw["cache"]["size"] == tiny["data"]["size"]  # the runs read the sampling the grid extracts
     raw.pop("base_config")
     grid = expand(raw, GRIDS / "demo.yaml")
     assert [r.alias for r in grid.runs] == [f"target={t},seed={s}" for t in ("none", "pixel", "hog", "flow-dis")

@@ -135,18 +135,24 @@ class RunConfig:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config, apply dotted overrides (`{"mvm.targets": ["sif"]}`), and validate."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a run config must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "run config", ConfigError)
     try:
         return config_from_dict(apply_overrides(raw, overrides or {}))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def read_yaml_mapping(path: Path, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; `error` carries a one-line message naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({str(problem).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

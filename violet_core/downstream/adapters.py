@@ -76,6 +76,12 @@ def _texts(value: Any, name: str, where: str) -> list[str]:
     return [v.strip() for v in values]
 
 
+def _kept(path: Path, items: list, keep: set[str] | None) -> list:
+    """The items whose video is cached; an error when a non-empty file matches no cached key."""
+    _check_keep(path, [i.key for i in items], keep)
+    return [i for i in items if keep is None or i.key in keep]
+
+
 def _check_keep(path: Path, keys: list[str], keep: set[str] | None) -> None:
     if keep is not None and keys and not any(k in keep for k in keys):
         example = f" (e.g. {short_repr(next(iter(sorted(keep))))})" if keep else ""
@@ -139,8 +145,7 @@ def load_tgif_frame(path: Path | str, key_format: str = "{video_id}", keep: set[
         items.append(build_record(where, OeItem, key=format_key(key_format, require(row, "gif_name", where), where),
                                   question=require(row, "question", where), answer=require(row, "answer", where),
                                   type=row.get("type") or default_type))
-    _check_keep(path, [i.key for i in items], keep)
-    return [i for i in items if keep is None or i.key in keep]
+    return _kept(path, items, keep)
 
 
 def load_tgif_mc(path: Path | str, key_format: str = "{video_id}", keep: set[str] | None = None,
@@ -158,8 +163,7 @@ def load_tgif_mc(path: Path | str, key_format: str = "{video_id}", keep: set[str
                                   question=require(row, "question", where),
                                   options=tuple(row[c] for c in TGIF_OPTION_COLUMNS), answer=index,
                                   type=row.get("type") or default_type))
-    _check_keep(path, [i.key for i in items], keep)
-    return [i for i in items if keep is None or i.key in keep]
+    return _kept(path, items, keep)
 
 
 def load_msrvtt_qa(path: Path | str, key_format: str = "{video_id}", keep: set[str] | None = None,
@@ -174,8 +178,7 @@ def load_msrvtt_qa(path: Path | str, key_format: str = "{video_id}", keep: set[s
         items.append(build_record(where, OeItem, key=format_key(key_format, video_id, where),
                                   question=require(entry, "question", where), answer=str(answer),
                                   type=str(kind)))
-    _check_keep(path, [i.key for i in items], keep)
-    return [i for i in items if keep is None or i.key in keep]
+    return _kept(path, items, keep)
 
 
 _LOADERS: dict[str, Callable[..., Records]] = {
