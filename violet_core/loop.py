@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ def run_steps(phase: str, compute: Callable[[dict], dict[str, Tensor]], paramete
               precision: str, grad_clip: float, dist: Dist, log: Callable[[dict], None], log_every: int,
               checkpoint: Callable[[], None] | None = None, checkpoint_every: int = 0) -> dict[str, float]:
     """Train from `state.step` to `total_steps`; returns the mean of each loss over the last log window."""
-    window: dict[str, list[float]] = defaultdict(list)
+    window: dict[str, list[Tensor]] = defaultdict(list)
     last: dict[str, float] = {}
     started = time.perf_counter()
     while state.step < total_steps:
@@ -63,12 +62,14 @@ def run_steps(phase: str, compute: Callable[[dict], dict[str, Tensor]], paramete
         state.step += 1
         state.samples += batch["video"].shape[0] * dist.world
         for name, value in losses.items():
-            window[name].append(float(all_reduce_mean(value.detach().float(), dist)))
+            window[name].append(value.detach().float())
         if grad_norm is not None:
-            window["grad_norm"].append(float(grad_norm))
+            window["grad_norm"].append(grad_norm.detach().float())
         if state.step % max(1, log_every) == 0 or state.step == total_steps:
             elapsed = time.perf_counter() - started
-            last = {name: sum(values) / len(values) for name, values in window.items()}
+            names = sorted(window)
+            means = all_reduce_mean(torch.stack([torch.stack(window[n]).mean() for n in names]), dist)
+            last = dict(zip(names, means.tolist()))
             log({"phase": phase, "step": state.step, "lr": schedule.get_last_lr()[0],
                  "samples": state.samples, "step_s": elapsed / len(window["loss"]), **last})
             window.clear()
@@ -76,7 +77,3 @@ def run_steps(phase: str, compute: Callable[[dict], dict[str, Tensor]], paramete
         if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0 and state.step < total_steps:
             checkpoint()
     return last
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

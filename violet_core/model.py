@@ -23,7 +23,7 @@ from mvm_targets.backbones.video_swin_weights import load_official_checkpoint, l
 from mvm_targets.teachers.weights import MissingWeightsError
 from violet_core.config import ModelConfig
 from violet_core.mvm import MvmObjective, VtmHead
-from violet_core.target_info import PATCH_PX, TargetInfo
+from violet_core.target_info import TargetInfo
 
 import_torchvision()  # transformers' modeling modules import torchvision; see mvm_targets._compat
 from transformers import BertConfig, BertModel  # noqa: E402
@@ -192,8 +192,3 @@ def load_bert_weights(model: Violet, folder: Path) -> str:
     if missing:
         raise ValueError(f"{folder}: BERT weights lack {missing[:4]}")
     return f"BERT from {folder}"
-
-
-def patch_grid(size: int) -> int:
-    """Tokens per side for a frame of `size` pixels."""
-    return size // PATCH_PX

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from violet_core.masking import upsample_mask
+from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixels
 from violet_core.target_info import DEFAULT_VOCAB, PATCH_PX, TargetInfo
 
-TOKEN_PX = 8  # one DALL-E token per 8 x 8 pixels, so 4 x 4 tokens per 32-px patch
 NORMALIZATIONS = ("mean", "paper")
 MAX_MAGNITUDE = "max_magnitude"  # extra of pair targets: largest |flow| per pair, (B, T-1)
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvm_targets.store.reader import CacheReader
-
-PATCH_PX = 32  # one video token predicts one 32 x 32 patch (VIOLETv2 §3)
+from mvm_targets.targets.spec import PATCH_PX  # noqa: F401  (one video token predicts one 32 x 32 patch)
 DEFAULT_VOCAB = 8192  # the DALL-E dVAE codebook
 
 
@@ -74,14 +73,11 @@ def pixel_info(num_frames: int, size: int) -> TargetInfo:
 
 def read_target_infos(reader: CacheReader, refs: list[str] | tuple[str, ...]) -> list[TargetInfo]:
     """TargetInfo for each configured ref, from the stamped spec of its shard set."""
-    frames_attrs = reader.attrs("frames")
+    sampling = reader.attrs("frames")["sampling"]  # stamped into every frames shard
     infos = []
     for ref in refs:
         if ref == "pixel":
-            sampling = frames_attrs.get("sampling")
-            shape = reader[reader.keys[0]]["frames"].shape if reader.keys else (0, 0)
-            infos.append(pixel_info(shape[0], shape[1]) if not isinstance(sampling, dict)
-                         else pixel_info(sampling["num_frames"], sampling["size"]))
+            infos.append(pixel_info(sampling["num_frames"], sampling["size"]))
             continue
         attrs = reader.attrs(ref)
         spec = attrs["target_spec"]

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mvm_targets.errors import MvmTargetsError
 from mvm_targets.store.reader import CacheReader
+from mvm_targets.store.schema import code_version
 from violet_core import distributed
 from violet_core.batching import batch_stream
 from violet_core.config import RunConfig, load_config, save_config
@@ -178,12 +179,6 @@ class Run:
         }
         self.dir.write_json("final.json", record)
         return record
-
-
-def code_version() -> str:
-    from mvm_targets.store.schema import code_version as mvm_code_version
-
-    return mvm_code_version()
 
 
 def config_digest(config: RunConfig) -> str:

@@ -26,9 +26,9 @@ import numpy as np
 from mvm_targets.targets.flow import flip_flow_horizontal, max_magnitude
 from mvm_targets.targets.hog import flip_maskfeat
 from mvm_targets.targets.hog_kernels import line_stencil
+from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixels
 from violet_core.target_info import PATCH_PX, TargetInfo
 
-TOKEN_PX = 8  # one TOKEN id per 8 x 8 pixels (DALL-E dVAE), 4 x 4 per patch
 PER_FRAME_META = ("frame_indices", "timestamps")
 
 # Targets for which mirroring the stored target gives the target of the mirrored clip. They are

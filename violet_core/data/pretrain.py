@@ -101,7 +101,7 @@ class PretrainDataset(Dataset):
         if flip:
             clip = hflip_clip(clip, stored)
 
-        video = self._normalise(clip["frames"])
+        video = normalize_frames(clip["frames"])
         captions = clip["captions"]
         caption = captions[int(self._rng(index, _CAPTION).integers(len(captions)))]
         text_ids, text_mask = self.tokenizer.encode([caption], self.max_text_len)
@@ -122,9 +122,6 @@ class PretrainDataset(Dataset):
 
     def _offset(self, index: int, draw: int, choices: int, random: bool) -> int:
         return int(self._rng(index, draw).integers(choices)) if random else (choices - 1) // 2
-
-    def _normalise(self, frames: np.ndarray) -> torch.Tensor:
-        return normalize_frames(frames)
 
     def _check_args(self) -> None:
         name = _cache_name(self.reader)

@@ -142,9 +142,8 @@ def load_tgif_frame(path: Path | str, key_format: str = "{video_id}", keep: set[
     path = Path(path)
     items = []
     for where, row in read_csv_rows(path, ("gif_name", "question", "answer")):
-        items.append(build_record(where, OeItem, key=format_key(key_format, require(row, "gif_name", where), where),
-                                  question=require(row, "question", where), answer=require(row, "answer", where),
-                                  type=row.get("type") or default_type))
+        items.append(build_record(where, OeItem, answer=require(row, "answer", where),
+                                  **_tgif_fields(row, where, key_format, default_type)))
     return _kept(path, items, keep)
 
 
@@ -159,11 +158,15 @@ def load_tgif_mc(path: Path | str, key_format: str = "{video_id}", keep: set[str
             index = int(answer)
         except ValueError:
             raise TaskDataError(f"{where}: answer {answer!r} is not an option index") from None
-        items.append(build_record(where, McItem, key=format_key(key_format, require(row, "gif_name", where), where),
-                                  question=require(row, "question", where),
-                                  options=tuple(row[c] for c in TGIF_OPTION_COLUMNS), answer=index,
-                                  type=row.get("type") or default_type))
+        items.append(build_record(where, McItem, options=tuple(row[c] for c in TGIF_OPTION_COLUMNS), answer=index,
+                                  **_tgif_fields(row, where, key_format, default_type)))
     return _kept(path, items, keep)
+
+
+def _tgif_fields(row: dict, where: str, key_format: str, default_type: str) -> dict[str, str]:
+    """The fields every TGIF-QA row has: key (from gif_name), question, and type."""
+    return {"key": format_key(key_format, require(row, "gif_name", where), where),
+            "question": require(row, "question", where), "type": row.get("type") or default_type}
 
 
 def load_msrvtt_qa(path: Path | str, key_format: str = "{video_id}", keep: set[str] | None = None,

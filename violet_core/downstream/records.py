@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -361,31 +361,31 @@ def load_retrieval_train_pairs(source_dir: Path | str, split: str = "train",
 
 def load_qa_mc(source_dir: Path | str, split: str, keep: set[str] | None = None) -> list[McItem]:
     """Multiple-choice items of `split` from qa_mc.jsonl, in file order. Every line is validated."""
-    source_dir = Path(source_dir)
-    path = source_dir / "qa_mc.jsonl"
-    items, splits = [], set()
-    for where, row in read_jsonl(path):
-        row_split = require(row, "split", where)
-        options = require(row, "options", where, list)
-        item = build_record(where, McItem, key=require(row, "key", where), question=require(row, "question", where),
-                            options=tuple(options), answer=require(row, "answer", where, int),
-                            type=require(row, "type", where))
-        splits.add(row_split)
-        if row_split == split:
-            items.append(item)
-    _check_qa_split(source_dir, path, split, splits)
-    return [i for i in items if keep is None or i.key in keep]
+    return _load_qa(source_dir, "qa_mc.jsonl", split, keep, lambda row, where: build_record(
+        where, McItem, options=tuple(require(row, "options", where, list)),
+        answer=require(row, "answer", where, int), **_qa_fields(row, where)))
 
 
 def load_qa_oe(source_dir: Path | str, split: str, keep: set[str] | None = None) -> list[OeItem]:
     """Open-ended items of `split` from qa_oe.jsonl, in file order. Every line is validated."""
+    return _load_qa(source_dir, "qa_oe.jsonl", split, keep, lambda row, where: build_record(
+        where, OeItem, answer=require(row, "answer", where), **_qa_fields(row, where)))
+
+
+def _qa_fields(row: Mapping[str, Any], where: str) -> dict[str, Any]:
+    return {"key": require(row, "key", where), "question": require(row, "question", where),
+            "type": require(row, "type", where)}
+
+
+def _load_qa(source_dir: Path | str, filename: str, split: str, keep: set[str] | None,
+             make: Callable[[Mapping[str, Any], str], R]) -> list[R]:
+    """Every line of a synthetic QA file is validated (whatever its split); those of `split` are kept."""
     source_dir = Path(source_dir)
-    path = source_dir / "qa_oe.jsonl"
+    path = source_dir / filename
     items, splits = [], set()
     for where, row in read_jsonl(path):
         row_split = require(row, "split", where)
-        item = build_record(where, OeItem, key=require(row, "key", where), question=require(row, "question", where),
-                            answer=require(row, "answer", where), type=require(row, "type", where))
+        item = make(row, where)
         splits.add(row_split)
         if row_split == split:
             items.append(item)

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
 from violet_core.batching import batch_stream, to_device
+from violet_core.data.augment import check_crop_size, crop_clip, temporal_window
 from violet_core.data.pretrain import normalize_frames
 from violet_core.data.tokenizer import TextTokenizer
 from violet_core.downstream.adapters import load_task_file
@@ -34,30 +35,31 @@ from violet_core.optim import build_optimizer, build_schedule
 if TYPE_CHECKING:
     from violet_core.train import Run
 
-PATCH = 32
-
-
 class ClipVideos:
-    """Normalised (T, 3, S, S) videos by key from the frame cache, with train-time jitter."""
+    """Normalised (T, 3, S, S) videos by key from the frame cache, with train-time jitter.
+
+    `reader` should load frames only: downstream tasks never use the MVM targets.
+    """
 
     def __init__(self, reader: CacheReader, num_frames: int, size: int) -> None:
         self.reader, self.num_frames, self.size = reader, num_frames, size
 
     def __call__(self, key: str, rng: np.random.Generator | None = None) -> torch.Tensor:
-        frames = self.reader[key]["frames"]  # (T, S0, S0, 3) uint8
-        total, side = frames.shape[0], frames.shape[1]
-        if self.num_frames > total or self.size > side:
-            raise ValueError(f"{key}: the cache holds {total} frames of {side}px; the run asks for "
-                             f"{self.num_frames} frames of {self.size}px")
-        spare_t, spare_p = total - self.num_frames, (side - self.size) // PATCH
+        clip = {"frames": self.reader[key]["frames"]}  # (T, S0, S0, 3) uint8
+        total = clip["frames"].shape[0]
+        if self.num_frames > total:
+            raise ValueError(f"{key}: the cache holds {total} frames; the run asks for {self.num_frames}")
+        side, wanted = check_crop_size(clip["frames"].shape[1], self.size)
+        spare_t, spare_p = total - self.num_frames, side - wanted
         if rng is None:
             start, top, left = spare_t // 2, spare_p // 2, spare_p // 2
         else:
             start, top, left = (int(rng.integers(0, spare_t + 1)), int(rng.integers(0, spare_p + 1)),
                                 int(rng.integers(0, spare_p + 1)))
-        top, left = top * PATCH, left * PATCH
-        clip = frames[start:start + self.num_frames, top:top + self.size, left:left + self.size]
-        return normalize_frames(clip)
+        clip = temporal_window(clip, [], self.num_frames, start)
+        if wanted != side:
+            clip = crop_clip(clip, [], top, left, wanted)
+        return normalize_frames(clip["frames"])
 
 
 class _TaskDataset(Dataset):
@@ -103,7 +105,9 @@ def _eval_batches(dataset: Dataset, batch_size: int, device: torch.device) -> It
 
 
 def _frames(run: "Run") -> ClipVideos:
-    return ClipVideos(run.reader, run.config.downstream.num_frames or run.config.data.num_frames, run.config.data.size)
+    data = run.config.data
+    frames_only = CacheReader(Path(data.cache), data.dataset, targets=(), frames_id=data.frames_id)
+    return ClipVideos(frames_only, run.config.downstream.num_frames or data.num_frames, data.size)
 
 
 def task_records(run: "Run", task: str, role: str, synthetic: Callable[[Path, str, set[str]], object]):
@@ -152,14 +156,14 @@ def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.nd
     ids, mask = run.tokenizer.encode(list(test.captions), run.config.data.max_text_len)
     scores = torch.zeros(len(test.captions), len(test.videos))
     with autocast(run.device, run.config.precision):
+        texts, keep = model.embed_text(ids.to(run.device)), mask.to(run.device)
         for start in range(0, len(test.videos), batch_size):
             clip = torch.stack([videos(key) for key in test.videos[start:start + batch_size]]).to(run.device)
             video_tokens, grid = model.encode_video(clip)
-            for text_start in range(0, len(test.captions), max(1, batch_size // len(clip))):
-                text_ids = ids[text_start:text_start + max(1, batch_size // len(clip))].to(run.device)
-                text_keep = mask[text_start:text_start + len(text_ids)].to(run.device)
-                block = pairwise_scores(model, video_tokens, grid, model.embed_text(text_ids), text_keep)
-                scores[text_start:text_start + len(text_ids), start:start + len(clip)] = block.float().cpu()
+            step = max(1, batch_size // len(clip))  # about batch_size fused pairs per pass
+            for first in range(0, len(test.captions), step):
+                block = pairwise_scores(model, video_tokens, grid, texts[first:first + step], keep[first:first + step])
+                scores[first:first + step, start:start + len(clip)] = block.float().cpu()
     return scores.numpy()
 
 
