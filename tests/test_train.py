@@ -128,6 +128,20 @@ def test_downstream_tasks_report_metrics_and_chance(workspace, one_torch_thread)
     assert chance["qa_mc/acc"] == pytest.approx(20.0)  # five options
 
 
+def test_frozen_backbone_pretrains_everything_but_the_video_swin(workspace, one_torch_thread):
+    config = write_config(workspace, "frozen", mvm={"targets": ["pixel"]},
+                          pretrain={"optim": {"steps": 2, "batch_size": 4, "lr": 1e-2, "backbone_lr_mult": 0.0}})
+    torch.manual_seed(0)
+    train_module.train(config)
+    weights = torch.load(workspace / "runs" / "frozen" / "checkpoints" / "pretrained.pt", weights_only=True)
+    reference = train_module.Run(train_module.load_config(config), workspace / "runs" / "frozen_init").model.state_dict()
+    swin = [k for k in weights if k.startswith("video.swin.")]
+    others = [k for k in weights if k.startswith(("video.proj.", "bert.encoder."))]
+    assert swin and others
+    assert all(torch.equal(weights[k], reference[k]) for k in swin)  # same seed: the init, untouched
+    assert not all(torch.equal(weights[k], reference[k]) for k in others)
+
+
 class _Crash(RuntimeError):
     pass
 

@@ -64,7 +64,10 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: Tensor) -> tuple[Tensor, VideoGrid]:
         batch, frames = video.shape[:2]
-        features = self.proj(self.swin(video.transpose(1, 2)))  # (B, T, h, w, H)
+        frozen = not any(param.requires_grad for param in self.swin.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # no activations kept for a frozen backbone
+            features = self.swin(video.transpose(1, 2))
+        features = self.proj(features)  # (B, T, h, w, H)
         _, _, height, width, hidden = features.shape
         grid = VideoGrid(frames, height, width)
         if height * width > self.max_patches or frames > self.max_frames:

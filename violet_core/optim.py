@@ -11,14 +11,20 @@ BACKBONE_PREFIXES = ("video.swin.",)  # the pretrained video backbone may train 
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """No weight decay on biases and norm weights, the 1-D parameters (as BERT and the official trainer)."""
+    """No weight decay on biases and norm weights, the 1-D parameters (as BERT and the official trainer).
+
+    `backbone_lr_mult: 0` freezes the video backbone for this phase (requires_grad off), so no
+    gradient is computed through it at all: a zero learning rate alone would still pay for one.
+    """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
+        name = name.removeprefix("module.").removeprefix("model.")
+        backbone = name.startswith(BACKBONE_PREFIXES)
+        if backbone:
+            param.requires_grad_(config.backbone_lr_mult > 0)
         if not param.requires_grad:
             continue
-        name = name.removeprefix("module.").removeprefix("model.")
         no_decay = param.ndim < 2
-        backbone = name.startswith(BACKBONE_PREFIXES)
         groups.setdefault((no_decay, backbone), []).append(param)
     param_groups = [
         {"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
