@@ -20,6 +20,7 @@ union of its targets, so every clip is decoded once and every target computed on
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from ablations.grid import Grid
 
 CACHE_KEYS = ("source", "synth", "num_frames", "size", "device", "workers", "batch_size", "clips_per_shard",
               "short_videos", "weights", "weights_dir", "options")
-SYNTH_KEYS = ("clips", "seed", "frames", "size", "fps")
+SYNTH_KEYS = ("clips", "seed", "frames", "size", "fps", "object_scale")
 RUNTIME_KEYS = ("device", "weights", "weights_dir")  # passed to the target factories that accept them
 
 
@@ -217,6 +218,7 @@ def _ensure_source(grid: Grid, job: CacheJob) -> bool:
     """Synthesise the dataset into the source's folder when it is absent and `synth` allows it."""
     assert job.source is not None
     if job.source.exists():
+        _check_synthesised_as_asked(grid, job)
         return False
     if not job.synth:
         raise PrepareError(f"{grid.path}: cache: source {job.source} does not exist "
@@ -225,11 +227,33 @@ def _ensure_source(grid: Grid, job: CacheJob) -> bool:
         raise PrepareError(f"{grid.path}: cache: synth writes <folder>/captions.csv, but source is {job.source}")
     from mvm_targets.synth import build_synthetic_dataset
 
-    synth = job.synth
-    build_synthetic_dataset(job.source.parent, clips=int(synth.get("clips", 64)), seed=int(synth.get("seed", 0)),
-                            num_frames=int(synth.get("frames", 24)), size=int(synth.get("size", 112)),
-                            fps=int(synth.get("fps", 8)))
+    build_synthetic_dataset(job.source.parent, **_synth_arguments(job.synth))
     return True
+
+
+def _synth_arguments(synth: dict[str, Any]) -> dict[str, Any]:
+    return {"clips": int(synth.get("clips", 64)), "seed": int(synth.get("seed", 0)),
+            "num_frames": int(synth.get("frames", 24)), "size": int(synth.get("size", 112)),
+            "fps": int(synth.get("fps", 8)), "object_scale": float(synth.get("object_scale", 1.0))}
+
+
+def _check_synthesised_as_asked(grid: Grid, job: CacheJob) -> None:
+    """An existing synthetic source built with other arguments would silently train on other data."""
+    recorded = job.source.parent / "dataset.json"
+    if not job.synth or not recorded.exists():
+        return
+    from mvm_targets.synth.build import dataset_manifest
+
+    try:
+        previous = json.loads(recorded.read_text())
+    except ValueError as error:
+        raise PrepareError(f"{recorded}: unreadable dataset manifest ({error})") from None
+    wanted = dataset_manifest(**_synth_arguments(job.synth))
+    if previous != wanted:
+        differ = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+        raise PrepareError(f"{grid.path}: cache: {job.source.parent} was synthesised with other arguments "
+                           f"({', '.join(f'{k}: {previous.get(k)} there, {wanted.get(k)} asked' for k in differ)}); "
+                           f"delete it and its cache, or point cache.source elsewhere")
 
 
 def _check_cached(grid: Grid, job: CacheJob) -> None:

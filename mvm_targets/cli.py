@@ -24,11 +24,13 @@ def synth(out: Annotated[Path, typer.Argument(help="Output folder.")],
           clips: Annotated[int, typer.Option(help="Number of clips.")] = 64,
           seed: Annotated[int, typer.Option(help="Random seed; the output is deterministic for it.")] = 0,
           frames: Annotated[int, typer.Option(help="Frames per clip.")] = 24,
-          size: Annotated[int, typer.Option(help="Clip width and height in pixels.")] = 112) -> None:
+          size: Annotated[int, typer.Option(help="Clip width and height in pixels.")] = 112,
+          object_scale: Annotated[float, typer.Option(help="Multiplies the shapes' sizes.")] = 1.0) -> None:
     """Write the synthetic video-text dataset (moving shapes, true captions, splits, QA)."""
     from mvm_targets.synth import build_synthetic_dataset
 
-    summary = build_synthetic_dataset(out, clips=clips, seed=seed, num_frames=frames, size=size)
+    summary = build_synthetic_dataset(out, clips=clips, seed=seed, num_frames=frames, size=size,
+                                      object_scale=object_scale)
     typer.echo(f"wrote {summary.clips} clips to {summary.out_dir} in {summary.seconds:.1f}s "
                f"(captions: {Path(summary.out_dir) / 'captions.csv'})")
 

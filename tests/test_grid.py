@@ -297,13 +297,14 @@ def test_paper_table1_grid():
 
 
 def test_demo_grid_content(tmp_path):
-    # Checked without violet_core/configs/tiny.yaml, which another change provides.
     raw = yaml.safe_load((GRIDS / "demo.yaml").read_text())
     assert raw["base_config"] == "../../violet_core/configs/tiny.yaml"
-    assert raw["cache"] == {"source": "data/synthetic/captions.csv", "synth": {"clips": 96, "seed": 0},
-                            "num_frames": 4, "size": 64}
+    assert raw["cache"] == {"source": "data/demo/captions.csv",
+                            "synth": {"clips": 400, "seed": 0, "object_scale": 2.0}, "num_frames": 4, "size": 64}
     tiny = yaml.safe_load((GRIDS.parent.parent / "violet_core" / "configs" / "tiny.yaml").read_text())
-    assert raw["cache"]["size"] == tiny["data"]["size"]  # the runs read the sampling the grid extracts
+    # the runs read exactly the dataset and sampling the grid extracts
+    assert raw["cache"]["size"] == tiny["data"]["size"] and raw["cache"]["num_frames"] == tiny["data"]["num_frames"]
+    assert raw["cache"]["source"] == f"{tiny['data']['source']}/captions.csv"
     raw.pop("base_config")
     grid = expand(raw, GRIDS / "demo.yaml")
     assert [r.alias for r in grid.runs] == [f"target={t},seed={s}" for t in ("none", "pixel", "hog", "flow-dis")

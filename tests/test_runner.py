@@ -495,6 +495,19 @@ def test_runs_are_packed_onto_disjoint_gpu_slices(monkeypatch, tmp_path):
     assert any("on GPU 0,1" in line for line in lines) and any("on GPU 2,3" in line for line in lines)
 
 
+def test_existing_synthetic_source_built_with_other_arguments_is_refused(tmp_path, monkeypatch):
+    from ablations.prepare import PrepareError, prepare_cache
+    from mvm_targets.synth import build_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    build_synthetic_dataset(tmp_path / "data" / "synthetic", clips=4, seed=0, num_frames=8, size=64)
+    grid = load_grid(write_grid(tmp_path, "stale", {"mvm.targets": [["hog"]]}, [0]))
+    with pytest.raises(PrepareError, match=r"data/synthetic was synthesised with other arguments "
+                                           r"\(clips: 4 there, 16 asked\); delete it"):
+        prepare_cache(grid, lambda line: None)
+    assert not (tmp_path / "cache").exists()  # nothing extracted from the wrong data
+
+
 # ----------------------------------------------------------------------------------------------
 # Slurm through submitit's local executor (only where the optional extra is installed)
 

@@ -201,6 +201,7 @@ def test_rendered_motion_matches_caption_and_ground_truth(built, truth):
     (dict(size=63), "size must be even"),
     (dict(size=30), "size must be even and >= 32"),
     (dict(num_frames=1), "num_frames must be >= 2"),
+    (dict(object_scale=5.0), "object_scale must be in"),
 ])
 def test_bad_arguments_are_rejected(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -218,6 +219,19 @@ def test_refuses_foreign_or_different_non_empty_dir(built, tmp_path):
 
     with pytest.raises(ValueError, match="not empty"):
         build_synthetic_dataset(built[0], **{**SMALL, "seed": 99})
+
+
+def test_object_scale_scales_radii_and_is_recorded(built, truth, tmp_path):
+    default = json.loads((built[0] / "dataset.json").read_text())
+    assert "object_scale" not in default  # datasets built before the option keep their manifest
+    out = tmp_path / "large"
+    build_synthetic_dataset(out, **SMALL, object_scale=2.0)
+    assert json.loads((out / "dataset.json").read_text())["object_scale"] == 2.0
+    radii = [o["radius"] / SMALL["size"] for clip in _jsonl(out / "ground_truth.jsonl") for o in clip["objects"]]
+    assert radii and all(0.16 - 1e-3 <= r <= 0.22 + 1e-3 for r in radii)
+    assert all(0.08 - 1e-3 <= o["radius"] / SMALL["size"] <= 0.11 + 1e-3 for clip in truth for o in clip["objects"])
+    with pytest.raises(ValueError, match="not empty"):  # a different scale is a different dataset
+        build_synthetic_dataset(out, **SMALL)
 
 
 @pytest.mark.parametrize("clips", range(1, 120))

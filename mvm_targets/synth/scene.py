@@ -41,6 +41,7 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
             "slowly": "quickly", "quickly": "slowly", "grow": "shrink", "shrink": "grow",
             "appear": "disappear", "disappear": "appear"}
 GROW_SCALE = (0.6, 1.4)  # scale at the first and last frame of "grow" (reversed for "shrink")
+RADIUS_RANGE = (0.08, 0.11)  # base radius as a fraction of the frame size
 EXTENT = 1.2  # farthest any shape reaches from its centre, in units of its base radius
 
 TWIN_FRACTION = 0.5  # share of clips that come in motion-twin pairs
@@ -263,11 +264,12 @@ def _overlaps(objs: list[ObjectSpec], num_frames: int, size: int) -> bool:
 
 
 def sample_clips(rng: np.random.Generator, first_index: int, num_frames: int, size: int,
-                 twin: bool, twin_group: int | None = None) -> list[ClipSpec]:
+                 twin: bool, twin_group: int | None = None, object_scale: float = 1.0) -> list[ClipSpec]:
     """One clip, or two motion twins (identical except one mover's direction or speed).
 
     Twins share background, objects, colours, shapes and start positions, so frame 0 is identical and
-    only the motion tells them apart.
+    only the motion tells them apart. `object_scale` multiplies every radius (RADIUS_RANGE); larger
+    objects fit less often, so clips then hold fewer objects on average.
     """
     background = sample_background(rng, size)
     # Fix the object count first and only drop it when placement keeps failing; redrawing it on every
@@ -289,7 +291,7 @@ def sample_clips(rng: np.random.Generator, first_index: int, num_frames: int, si
                 event = int(rng.integers(max(1, num_frames // 3), max(1, 2 * num_frames // 3) + 1))
             base.append(ObjectSpec(color=list(COLORS)[colors[k]], shape=shape, action=action,
                                    direction=direction, speed=speed,
-                                   radius=round(float(rng.uniform(0.08, 0.11) * size), 3),
+                                   radius=round(float(rng.uniform(*RADIUS_RANGE) * object_scale * size), 3),
                                    start=(0.0, 0.0), event_frame=event))
         variants = [base]
         if twin:
