@@ -13,6 +13,11 @@ clips/s the cached step consumes; the goal is a ratio >= 3.
 
 Model: the tiny preset (Video Swin tiny + 2 x 128 fusion) on CPU, or `--preset base` (Swin-B +
 12 x 768) on a GPU. Teachers that need weights are built with `weights="random"`.
+
+MFU: the no-MVM step's FLOPs (forward + backward, counted by torch's FlopCounterMode) over its time,
+divided by the device's dense bf16 peak: a known GPU from the table below, or `--peak-tflops`.
+
+    python benchmarks/bench_train_step.py --preset base --size 224 --frames 8 --batch 8 --targets sif
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
@@ -37,13 +43,14 @@ from mvm_targets.targets.registry import build_target  # noqa: E402
 from mvm_targets.video.decode import SamplingConfig  # noqa: E402
 from mvm_targets.video.inputs import discover_inputs  # noqa: E402
 from violet_core.batching import to_device  # noqa: E402
-from violet_core.config import ModelConfig  # noqa: E402
+from violet_core.config import ModelConfig, OptimConfig  # noqa: E402
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain  # noqa: E402
 from violet_core.data.tokenizer import build_tokenizer  # noqa: E402
 from violet_core.loop import autocast  # noqa: E402
 from violet_core.masking import MaskSampler  # noqa: E402
 from violet_core.model import Violet  # noqa: E402
 from violet_core.objectives import PretrainObjective  # noqa: E402
+from violet_core.optim import build_optimizer  # noqa: E402
 from violet_core.target_info import read_target_infos  # noqa: E402
 
 WEIGHT_FREE = ("pixel", "hog", "hog:maskfeat", "flow:dis")
@@ -65,7 +72,7 @@ class StepBench:
     """Builds the model for one target set and times its pretraining steps on fixed batches."""
 
     def __init__(self, reader: CacheReader, refs: list[str], preset: str, batch: int, device: torch.device,
-                 tokenizer) -> None:
+                 tokenizer, backbone_lr_mult: float = 1.0) -> None:
         self.device = device
         self.infos = read_target_infos(reader, refs)
         self.dataset = PretrainDataset(reader, self.infos, tokenizer, reader.keys, reader[0]["frames"].shape[0],
@@ -73,7 +80,8 @@ class StepBench:
         torch.manual_seed(0)
         self.model = Violet(PRESETS[preset], tokenizer.vocab_size, 24, self.infos).to(device)
         self.objective = PretrainObjective(self.model, MaskSampler(("rm", "bm"), 0.3, 0.15), tokenizer.mask_id)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        # the trainer's optimizer: backbone_lr_mult 0 freezes the Swin, as the tiny preset does
+        self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4, backbone_lr_mult=backbone_lr_mult))
         self.tokenizer, self.batch, self.generator = tokenizer, batch, torch.Generator().manual_seed(0)
 
     def batch_at(self, step: int) -> dict:
@@ -89,6 +97,27 @@ class StepBench:
         self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s, no sparsity); the first name
+# contained in torch.cuda.get_device_name() wins, so the more specific names come first.
+GPU_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def step_flops(bench: StepBench, batch: dict) -> int:
+    """FLOPs of one full training step (forward, backward and the matmuls inside attention)."""
+    with FlopCounterMode(display=False) as counter:
+        bench.step(batch)
+    return counter.get_total_flops()
 
 
 def time_steps(bench: StepBench, steps: int, teacher=None, frames_of=None) -> float:
@@ -128,12 +157,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--targets", nargs="+", default=list(WEIGHT_FREE) + ["sif", "mmf", "tvf", "vq", "depth",
                                                                                "flow:raft"])
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs only)")
+    parser.add_argument("--backbone-lr-mult", type=float, default=1.0, help="0 freezes the video backbone")
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"preset": args.preset, "size": args.size, "frames": args.frames, "batch": args.batch,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "threads": torch.get_num_threads(), "targets": {}}
+               "threads": torch.get_num_threads(), "backbone_lr_mult": args.backbone_lr_mult, "targets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_cache(root, args.targets, args.clips, args.size, args.frames)
@@ -144,10 +175,18 @@ def main() -> None:
         def frames_of(step: int) -> np.ndarray:
             return frames[[(step * args.batch + i) % len(frames) for i in range(args.batch)]]
 
-        baseline = StepBench(reader, [], args.preset, args.batch, device, tokenizer)
+        baseline = StepBench(reader, [], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult)
         none_s = time_steps(baseline, args.steps)
         consumed = args.batch / none_s
         results["none_step_s"] = none_s
+        flops = step_flops(baseline, baseline.batch_at(0))
+        achieved = flops / none_s / 1e12
+        peak = peak_tflops(device, args.peak_tflops)
+        results.update(none_step_tflop=flops / 1e12, achieved_tflops=achieved, peak_tflops=peak,
+                       mfu=achieved / peak if peak else None)
+        print(f"no-MVM step: {none_s:.3f} s, {flops / 1e12:.3f} TFLOP -> {achieved:.2f} TFLOP/s"
+              + (f", MFU {achieved / peak:.1%} of {peak:.0f}" if peak else " (no known peak: pass --peak-tflops)"),
+              flush=True)
         for workers in sorted({0, args.workers}):
             rate = loader_rate(baseline, workers, clips=max(4 * args.batch, 32))
             results[f"loader_clips_per_s_w{workers}"] = rate
@@ -155,7 +194,7 @@ def main() -> None:
                   f"-> {rate / consumed:.1f}x", flush=True)
         print(f"{'target':<14}{'none s':>9}{'cached s':>10}{'on the fly s':>14}{'cached/none':>13}{'fly/cached':>12}")
         for ref in args.targets:
-            bench = StepBench(reader, [ref], args.preset, args.batch, device, tokenizer)
+            bench = StepBench(reader, [ref], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult)
             cached = time_steps(bench, args.steps)
             teacher = None if ref == "pixel" else (build_target(ref) if ref in WEIGHT_FREE else
                                                    build_target(ref, weights="random", device=str(device)))
