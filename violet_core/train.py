@@ -100,9 +100,9 @@ class Run:
         sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper)
         objective = PretrainObjective(self.model, sampler, self.tokenizer.mask_id, config.pretrain.vtm_negatives,
                                       config.pretrain.temperature, config.mvm.weight)
-        trainable = self._wrap(objective)
-        optimizer = build_optimizer(self.model, optim)
+        optimizer = build_optimizer(self.model, optim)  # first: it freezes the backbone that DDP must not sync
         schedule = build_schedule(optimizer, optim)
+        trainable = self._wrap(objective)
         mask_rng = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
         state = LoopState()
         if self.dir.checkpoint.exists():
