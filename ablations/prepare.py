@@ -20,7 +20,6 @@ union of its targets, so every clip is decoded once and every target computed on
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -239,21 +238,17 @@ def _synth_arguments(synth: dict[str, Any]) -> dict[str, Any]:
 
 def _check_synthesised_as_asked(grid: Grid, job: CacheJob) -> None:
     """An existing synthetic source built with other arguments would silently train on other data."""
-    recorded = job.source.parent / "dataset.json"
-    if not job.synth or not recorded.exists():
+    if not job.synth:
         return
-    from mvm_targets.synth.build import dataset_manifest
+    from mvm_targets.synth.build import built_differences, dataset_manifest
 
     try:
-        previous = json.loads(recorded.read_text())
+        differences = built_differences(job.source.parent, dataset_manifest(**_synth_arguments(job.synth)))
     except ValueError as error:
-        raise PrepareError(f"{recorded}: unreadable dataset manifest ({error})") from None
-    wanted = dataset_manifest(**_synth_arguments(job.synth))
-    if previous != wanted:
-        differ = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+        raise PrepareError(str(error)) from None
+    if differences:
         raise PrepareError(f"{grid.path}: cache: {job.source.parent} was synthesised with other arguments "
-                           f"({', '.join(f'{k}: {previous.get(k)} there, {wanted.get(k)} asked' for k in differ)}); "
-                           f"delete it and its cache, or point cache.source elsewhere")
+                           f"({'; '.join(differences)}); delete it and its cache, or point cache.source elsewhere")
 
 
 def _check_cached(grid: Grid, job: CacheJob) -> None:

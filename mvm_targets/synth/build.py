@@ -72,13 +72,30 @@ def _check_args(out_dir: Path, manifest: dict[str, Any]) -> None:
             raise ValueError(f"out_dir {out_dir} exists and is not a directory")
         if any(out_dir.iterdir()):
             try:
-                previous = json.loads((out_dir / "dataset.json").read_text())
-            except (OSError, ValueError):
-                previous = None
-            if previous != manifest:
+                differences = built_differences(out_dir, manifest)
+            except ValueError:
+                differences = None
+            if differences != []:
                 params = ", ".join(f"{k}={v}" for k, v in manifest.items() if k != "name")
                 raise ValueError(f"out_dir {out_dir} is not empty and is not a synthetic dataset built with the "
                                  f"same parameters ({params}); use an empty or new directory")
+
+
+def built_differences(out_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
+    """How the dataset already in `out_dir` differs from `manifest`, e.g. ["clips: 4 there, 16 asked"].
+
+    [] means the same build; None means `out_dir` holds no `dataset.json` (not a synthetic build).
+    Raises ValueError when `dataset.json` is unreadable.
+    """
+    recorded = out_dir / "dataset.json"
+    if not recorded.is_file():
+        return None
+    try:
+        previous = json.loads(recorded.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{recorded}: unreadable dataset manifest ({error})") from None
+    return [f"{key}: {previous.get(key)} there, {manifest.get(key)} asked"
+            for key in sorted(set(previous) | set(manifest)) if previous.get(key) != manifest.get(key)]
 
 
 def _plan_groups(clips: int, rng: np.random.Generator) -> list[int]:
