@@ -4,14 +4,20 @@ The planted target is built from the generator's ground truth: which of the synt
 object colours the clip contains (the renderer draws objects in six saturated colours that never
 occur in the muted backgrounds), written into every 32-px patch of every frame. Captions name those
 colours, and a masked patch can only be filled in from the rest of the clip, so regressing this map
-teaches the model exactly what retrieval needs. The grid trains
-`none` and the planted target over four seeds through `ablate run`, and `ablate report` must show
-a positive delta on retrieval with mean +- s.e. intervals that do not overlap.
+teaches the model exactly what retrieval needs. The grid trains `none` and the planted target over
+six seeds through `ablate run` with the tiny preset, and `ablate report` must show a positive delta
+on retrieval with mean +- s.e. intervals that do not overlap.
 
-The end-to-end check trains eight tiny runs on the demo's data (400 clips, objects at twice the
-default size), two at a time: about 10 minutes on 2 CPU cores, so it runs only with MVM_PLANTED=1.
-The metric is AveR, the mean of R@1/5/10 and the paper's headline retrieval number. Results are
-in docs/performance.md.
+The target is regressed with L2, not L1. A clip holds one to three of the six colours, so each
+entry is 0 more often than 1, and the L1 minimiser (the conditional median) is then 0 wherever the
+features cannot tell the colours apart: an all-zero head is already optimal, and the loss gives the
+encoder no reason to learn colours. Under L1 the palette loss stalled at the all-zero value (0.25)
+and the planted target lowered retrieval; the L2 minimiser is the conditional probability, which
+the encoder can only approach by representing the colours (docs/performance.md).
+
+The end-to-end check trains twelve tiny runs on the demo's data (400 clips, objects at twice the
+default size), two at a time: about 14 minutes on 2 CPU cores, so it runs only with MVM_PLANTED=1.
+The metric is AveR, the mean of R@1/5/10 and the paper's headline retrieval number.
 """
 
 from __future__ import annotations
@@ -37,17 +43,17 @@ REPO = Path(__file__).resolve().parents[1]
 PATCH = 32
 CLIPS, SIZE, FRAMES, OBJECT_SCALE = 400, 64, 4, 2.0
 METRIC = "retrieval/AveR"
-SEEDS = [0, 1, 2, 3]
+SEEDS = [0, 1, 2, 3, 4, 5]
 
 
 class PaletteTarget:
     """(T, h*w, 6): 1 for each palette colour found in the clip (at least 4 pixels within RGB
-    distance 60 in some patch of some frame), the same vector at every patch."""
+    distance 60 in some patch of some frame), the same vector at every patch; L2 loss (see above)."""
 
     def __init__(self) -> None:
         self.palette = np.array(list(COLORS.values()), dtype=np.float32)
         self.spec = TargetSpec(
-            name="palette", variant="truth", version=1, grid=Grid.PATCH, dtype="float16", loss="l1",
+            name="palette", variant="truth", version=1, grid=Grid.PATCH, dtype="float16", loss="l2",
             clip_shape=lambda t, s: (t, (s // PATCH) ** 2, len(COLORS)),
             params={"threshold": 60, "min_pixels": 4, "scope": "clip"}, description="test-only planted target")
 
@@ -72,7 +78,7 @@ def test_palette_target_marks_the_colours_of_the_clip_everywhere():
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not os.environ.get("MVM_PLANTED"), reason="~10 min of training; set MVM_PLANTED=1 to run it")
+@pytest.mark.skipif(not os.environ.get("MVM_PLANTED"), reason="~14 min of training; set MVM_PLANTED=1 to run it")
 def test_planted_target_shows_a_positive_delta_with_separated_error_bars(tmp_path):
     build_synthetic_dataset(tmp_path / "data", clips=CLIPS, seed=0, object_scale=OBJECT_SCALE)  # the demo's data
     items = discover_inputs([tmp_path / "data" / "captions.csv"])
