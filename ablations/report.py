@@ -36,8 +36,8 @@ from ablations.grid import SEED_KEY, format_value, load_grid, safe_name
 
 RUN_FILES = ("run.json", "status.json", "final.json", "failure.json")
 # Columns of `load_runs` that are not factors; every other column is a factor (an axis of the grid).
-INFO_COLUMNS = ("run_id", "alias", "grid", "grid_hash", "state", "failure", "message", "code_version", "seed",
-                "random_teacher", "path", "metric", "value", "chance")
+INFO_COLUMNS = ("run_id", "alias", "grid", "grid_hash", "state", "failure", "message", "code_version", "software",
+                "seed", "random_teacher", "path", "metric", "value", "chance")
 HEADLINE = ("retrieval/R@1", "retrieval/R@5", "retrieval/R@10", "retrieval/AveR", "qa_oe/acc", "qa_mc/acc")
 STATS = ("mean", "std", "se", "n", "delta", "delta_se")
 RANDOM_TEACHER_NOTE = "numbers with random teachers are not meaningful"
@@ -46,7 +46,7 @@ RANDOM_TEACHER_NOTE = "numbers with random teachers are not meaningful"
 @dataclass(frozen=True)
 class Flag:
     """Something a reader of the numbers must know: kind is missing_cell, incomplete_cell,
-    random_teacher, mixed_code or failed_run."""
+    random_teacher, mixed_code, mixed_software or failed_run."""
 
     kind: str
     message: str
@@ -95,6 +95,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
             "failure": status.get("failure", failure.get("class")),
             "message": status.get("message", failure.get("message", "")),
             "code_version": final.get("code_version", run.get("code_version")),
+            "software": json.dumps(final["software"], sort_keys=True) if final.get("software") else None,
             "seed": seed, "random_teacher": any(isinstance(t, dict) and t.get("teacher_weights") == "random"
                                                 for t in final.get("targets") or []),
             "path": str(run_dir),
@@ -310,11 +311,33 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
     if len(versions) > 1:
         listed = ", ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in versions.most_common())
         flags.append(Flag("mixed_code", f"mixed code versions across runs: {listed}"))
+    mixed = _mixed_software(done["software"])
+    if mixed:
+        flags.append(Flag("mixed_software", f"done runs were trained with different software: {mixed}"))
     for record in runs[runs["state"] == "failed"].to_dict("records"):
         message = f": {record['message']}" if record.get("message") else ""
         flags.append(Flag("failed_run", f"failed run {record['alias']} ({record['run_id']}): "
                                         f"{record.get('failure') or 'unknown'}{message}"))
     return flags
+
+
+def _mixed_software(records: pd.Series) -> str:
+    """'numpy 2.4.6 (6 runs), 2.3.1 (2 runs); torch ...' for each package whose version differs
+    between runs (final.json "software"); '' when all agree or nothing was recorded."""
+    versions: dict[str, Counter] = {}
+    recorded = [json.loads(r) for r in records if isinstance(r, str) and r]
+    for software in recorded:
+        for package in software:
+            versions.setdefault(package, Counter())
+    for software in recorded:
+        for package, counts in versions.items():
+            counts[software.get(package, "absent")] += 1
+    parts = []
+    for package, counts in sorted(versions.items()):
+        if len(counts) > 1:
+            listed = ", ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in counts.most_common())
+            parts.append(f"{package} {listed}")
+    return "; ".join(parts)
 
 
 def _cell_name(cell: Mapping[str, Any], labels: Mapping[str, str]) -> str:

@@ -27,7 +27,7 @@ SQRT3 = math.sqrt(3)
 
 def make_run(root: Path, run_id: str, targets: list[str], seed: int, r1: float | None = None, state: str = "done",
              failure: str | None = None, message: str = "", code: str = "abc123", teacher: str = "pretrained",
-             extra_factors: dict | None = None) -> Path:
+             extra_factors: dict | None = None, software: dict | None = None) -> Path:
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
     factors = {"mvm.targets": targets, **(extra_factors or {}), "seed": seed}
@@ -41,7 +41,8 @@ def make_run(root: Path, run_id: str, targets: list[str], seed: int, r1: float |
             "metrics": {R1: r1, "pretrain/loss": r1 / 10, "retrieval/MdR": 4},
             "chance": {R1: 1.0},
             "targets": [{"ref": t, "target_id": f"{t}-id", "teacher_weights": teacher} for t in targets],
-            "code_version": code, "seed": seed, "wall_s": 1.0, "steps": 2}))
+            "code_version": code, "seed": seed, "wall_s": 1.0, "steps": 2,
+            "software": software or {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6"}}))
     return run_dir
 
 
@@ -163,6 +164,22 @@ def test_flags(runs_root):
     assert "cell target=pixel: 3 of 4 seeds done (missing seeds 2)" in by_kind["incomplete_cell"]
     # expected seeds are every seed seen in the runs, so pixel's stray seed 3 is "missing" elsewhere
     assert "cell target=hog: 3 of 4 seeds done (missing seeds 3)" in by_kind["incomplete_cell"]
+
+
+def test_runs_trained_with_different_software_are_flagged(tmp_path):
+    same = {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6"}
+    for seed in (0, 1):
+        make_run(tmp_path, f"none{seed}", [], seed, 10, software=same)
+        make_run(tmp_path, f"hog{seed}", ["hog"], seed, 12, software=same)
+    assert not [f for f in find_flags(load_runs([tmp_path])) if f.kind == "mixed_software"]
+
+    make_run(tmp_path, "none2", [], 2, 11, software={**same, "numpy": "2.3.1", "cuda": "12.8"})
+    make_run(tmp_path, "hog2", ["hog"], 2, 13, software={**same, "numpy": "2.3.1", "cuda": "12.8"})
+    make_run(tmp_path, "hog3", ["hog"], 3, state="failed")  # no final.json: nothing recorded, nothing counted
+    flags = [f for f in find_flags(load_runs([tmp_path])) if f.kind == "mixed_software"]
+    assert [f.message for f in flags] == [
+        "done runs were trained with different software: cuda absent (4 runs), 12.8 (2 runs); "
+        "numpy 2.4.6 (4 runs), 2.3.1 (2 runs)"]
 
 
 def test_write_report_files_parse_back(runs_root, tmp_path):

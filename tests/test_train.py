@@ -101,6 +101,7 @@ def test_two_training_steps_for_each_target(workspace, target, one_torch_thread)
     assert {"mlm", "vtm", "loss"} <= set(steps[0])
     final = json.loads((run / "final.json").read_text())
     assert final["targets"][0]["ref"] == target
+    assert final["software"]["torch"] == torch.__version__ and final["software"]["numpy"] == np.__version__
     assert (run / "checkpoints" / "pretrained.pt").exists()
 
 

@@ -35,6 +35,7 @@ from violet_core.masking import MaskSampler
 from violet_core.model import Violet, load_pretrained_parts
 from violet_core.objectives import PretrainObjective
 from violet_core.optim import build_optimizer, build_schedule
+from violet_core.provenance import software_versions
 from violet_core.run_dir import RunDir
 from violet_core.target_info import TargetInfo, read_target_infos
 
@@ -173,7 +174,8 @@ class Run:
             "chance": chance,
             "targets": [{"ref": i.ref, "target_id": i.target_id, "teacher_weights": i.teacher_weights}
                         for i in self.infos],
-            "code_version": code_version(), "config_hash": config_digest(self.config),
+            "code_version": code_version(), "software": software_versions(),
+            "config_hash": config_digest(self.config),
             "steps": self.config.pretrain.optim.steps, "wall_s": round(time.time() - started, 2),
             "world_size": self.dist.world, "device": str(self.device), "loaded": self.loaded_parts,
         }
