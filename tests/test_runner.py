@@ -509,7 +509,7 @@ def test_existing_synthetic_source_built_with_other_arguments_is_refused(tmp_pat
 
 
 # ----------------------------------------------------------------------------------------------
-# Slurm through submitit's local executor (only where the optional extra is installed)
+# Slurm through submitit's local executor (submitit is in the dev extra, so CI runs this)
 
 
 def test_slurm_job_is_requeued_and_resumes(tmp_path, monkeypatch):
