@@ -309,8 +309,7 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
         flags.append(Flag("random_teacher", f"cell {name}: {runs_text} random-weight teachers; {RANDOM_TEACHER_NOTE}"))
     versions = Counter(v for v in runs["code_version"] if isinstance(v, str) and v)
     if len(versions) > 1:
-        listed = ", ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in versions.most_common())
-        flags.append(Flag("mixed_code", f"mixed code versions across runs: {listed}"))
+        flags.append(Flag("mixed_code", f"mixed code versions across runs: {_counted(versions)}"))
     mixed = _mixed_software(done["software"])
     if mixed:
         flags.append(Flag("mixed_software", f"done runs were trained with different software: {mixed}"))
@@ -324,20 +323,18 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
 def _mixed_software(records: pd.Series) -> str:
     """'numpy 2.4.6 (6 runs), 2.3.1 (2 runs); torch ...' for each package whose version differs
     between runs (final.json "software"); '' when all agree or nothing was recorded."""
-    versions: dict[str, Counter] = {}
     recorded = [json.loads(r) for r in records if isinstance(r, str) and r]
-    for software in recorded:
-        for package in software:
-            versions.setdefault(package, Counter())
-    for software in recorded:
-        for package, counts in versions.items():
-            counts[software.get(package, "absent")] += 1
     parts = []
-    for package, counts in sorted(versions.items()):
+    for package in sorted({name for software in recorded for name in software}):
+        counts = Counter(software.get(package, "absent") for software in recorded)
         if len(counts) > 1:
-            listed = ", ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in counts.most_common())
-            parts.append(f"{package} {listed}")
+            parts.append(f"{package} {_counted(counts)}")
     return "; ".join(parts)
+
+
+def _counted(counts: Counter) -> str:
+    """Counter({'a': 3, 'b': 1}) -> 'a (3 runs), b (1 run)'."""
+    return ", ".join(f"{value} ({n} run{'s' * (n != 1)})" for value, n in counts.most_common())
 
 
 def _cell_name(cell: Mapping[str, Any], labels: Mapping[str, str]) -> str:

@@ -11,7 +11,7 @@ on retrieval with mean +- s.e. intervals that do not overlap.
 The target is regressed with L2, not L1. A clip holds one to three of the six colours, so each
 entry is 0 more often than 1, and the L1 minimiser (the conditional median) is then 0 wherever the
 features cannot tell the colours apart: an all-zero head is already optimal, and the loss gives the
-encoder no reason to learn colours. Under L1 the palette loss stalled at the all-zero value (0.25)
+encoder no reason to learn colours. Under L1 the palette loss stalled near the all-zero value (0.27)
 and the planted target lowered retrieval; the L2 minimiser is the conditional probability, which
 the encoder can only approach by representing the colours (docs/performance.md).
 

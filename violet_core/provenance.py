@@ -14,18 +14,18 @@ from importlib import metadata
 import torch
 
 # Distributions whose version can change a trained model's numbers (kernels, init, tokenisation, I/O).
-TRACKED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "numpy", "timm", "h5py")
+TRACKED_DISTRIBUTIONS = ("transformers", "tokenizers", "numpy", "timm", "h5py")
 
 
 def software_versions() -> dict[str, str]:
     """{"python": "3.11.7", "torch": "2.13.0+cpu", ..., "cuda": "12.8"}; absent distributions are left out."""
-    versions = {"python": platform.python_version()}
+    # torch's own version string keeps the local build tag (+cpu, +cu128), which matters here
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in TRACKED_DISTRIBUTIONS:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    versions["torch"] = torch.__version__  # the local build tag (+cpu, +cu128) is what matters here
     if torch.version.cuda:
         versions["cuda"] = torch.version.cuda
     if torch.backends.cudnn.is_available():
