@@ -6,10 +6,12 @@ PIP := $(PYTHON) -m pip
 
 # torch first, paired with its torchvision, so that nothing else can pull a second torch;
 # dall-e 0.1 declares unpinned torch/torchvision and test tools as dependencies, hence --no-deps.
+# constraints.txt pins every other package to the versions the documented numbers were measured
+# with: the same config and seed trained differently on a newer install (docs/performance.md).
 install:
-	$(PIP) install torch==2.13.0 torchvision==0.28.0
+	$(PIP) install -c constraints.txt torch==2.13.0 torchvision==0.28.0
 	$(PIP) install --no-deps dall-e==0.1
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev]"
 
 demo: install
 	bash scripts/demo.sh
