@@ -6,8 +6,8 @@ PIP := $(PYTHON) -m pip
 
 # torch first, paired with its torchvision, so that nothing else can pull a second torch;
 # dall-e 0.1 declares unpinned torch/torchvision and test tools as dependencies, hence --no-deps.
-# constraints.txt pins every other package to the versions the documented numbers were measured
-# with: the same config and seed trained differently on a newer install (docs/performance.md).
+# constraints.txt pins the packages that can change a number to the versions the documented
+# numbers were measured with: the same config and seed trained differently on another install.
 install:
 	$(PIP) install -c constraints.txt torch==2.13.0 torchvision==0.28.0
 	$(PIP) install --no-deps dall-e==0.1
