@@ -76,7 +76,9 @@ def statuses(runs_dir: Path) -> dict[str, dict]:
 
 
 def attempts_in_log(run_dir: Path) -> int:
-    return (run_dir / "train.log").read_text().count("==> ablate: attempt")
+    """0 for a run directory claimed but not yet started (a kill can land between the two)."""
+    log = run_dir / "train.log"
+    return log.read_text().count("==> ablate: attempt") if log.exists() else 0
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
