@@ -6,10 +6,11 @@ PIP := $(PYTHON) -m pip
 
 # torch first, paired with its torchvision, so that nothing else can pull a second torch;
 # dall-e 0.1 declares unpinned torch/torchvision and test tools as dependencies, hence --no-deps.
-# constraints.txt pins the packages that can change a number to the versions the documented
-# numbers were measured with: the same config and seed trained differently on another install.
+# constraints.txt pins the packages that can change a number (torch and torchvision included) to
+# the versions the documented numbers were measured with: the same config and seed trained
+# differently on another install.
 install:
-	$(PIP) install -c constraints.txt torch==2.13.0 torchvision==0.28.0
+	$(PIP) install -c constraints.txt torch torchvision
 	$(PIP) install --no-deps dall-e==0.1
 	$(PIP) install -c constraints.txt -e ".[dev]"
 
