@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -195,15 +194,15 @@ def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00
 def _build_targets(refs: list[str], runtime: dict, settings: list[str]):
     """Build targets; `runtime` settings (device, weights, ...) go to the factories that take them.
     With 'all', targets that cannot be built here (missing weights) are skipped with their reason."""
-    from mvm_targets.targets import build_target, canonical_name, list_targets
-    from mvm_targets.targets.registry import _FACTORIES
+    from mvm_targets.targets import build_target, list_targets
+    from mvm_targets.targets.registry import factory_parameters, parse_target_ref
 
     options_by_name = _parse_target_options(settings)
     expanded = list_targets() if "all" in refs else refs
     targets = []
     for ref in expanded:
-        name = canonical_name(ref.partition(":")[0])
-        accepted = inspect.signature(_FACTORIES[name]).parameters
+        name, _ = parse_target_ref(ref)
+        accepted = factory_parameters(ref)
         options = {k: v for k, v in runtime.items() if k in accepted and v is not None}
         options.update(options_by_name.get(name, {}))
         try:

@@ -78,6 +78,14 @@ def build_target(ref: str, **options: Any) -> Target:
     return _FACTORIES[name](variant, **options)
 
 
+def factory_parameters(ref: str) -> frozenset[str]:
+    """Keyword options the factory of `ref`'s target accepts (runtime settings go only where taken)."""
+    import inspect
+
+    name, _ = parse_target_ref(ref)
+    return frozenset(inspect.signature(_FACTORIES[name]).parameters)
+
+
 def list_targets() -> list[str]:
     """Registered target names, in the paper's order."""
     _load_builtin_targets()
