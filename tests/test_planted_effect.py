@@ -35,43 +35,21 @@ import yaml
 from mvm_targets.extract import ExtractConfig, extract
 from mvm_targets.synth import build_synthetic_dataset
 from mvm_targets.synth.scene import COLORS
-from mvm_targets.targets.spec import Grid, TargetSpec
+from mvm_targets.targets import build_target
 from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-PATCH = 32
 CLIPS, SIZE, FRAMES, OBJECT_SCALE = 400, 64, 4, 2.0
 METRIC = "retrieval/AveR"
 SEEDS = [0, 1, 2, 3, 4, 5]
-
-
-class PaletteTarget:
-    """(T, h*w, 6): 1 for each palette colour found in the clip (at least 4 pixels within RGB
-    distance 60 in some patch of some frame), the same vector at every patch; L2 loss (see above)."""
-
-    def __init__(self) -> None:
-        self.palette = np.array(list(COLORS.values()), dtype=np.float32)
-        self.spec = TargetSpec(
-            name="palette", variant="truth", version=1, grid=Grid.PATCH, dtype="float16", loss="l2",
-            clip_shape=lambda t, s: (t, (s // PATCH) ** 2, len(COLORS)),
-            params={"threshold": 60, "min_pixels": 4, "scope": "clip"}, description="test-only planted target")
-
-    def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        batch, count, size = frames.shape[:3]
-        side = size // PATCH
-        distance = np.linalg.norm(frames[..., None, :].astype(np.float32) - self.palette, axis=-1)  # (B,T,S,S,6)
-        hits = (distance < 60).reshape(batch, count, side, PATCH, side, PATCH, len(self.palette)).sum(axis=(3, 5))
-        in_clip = (hits >= 4).any(axis=(1, 2, 3))  # (B, 6)
-        present = np.broadcast_to(in_clip[:, None, None, :], (batch, count, side * side, len(self.palette)))
-        return {"data": present.astype(np.float16)}
 
 
 def test_palette_target_marks_the_colours_of_the_clip_everywhere():
     frames = np.zeros((2, 2, 64, 64, 3), dtype=np.uint8)
     frames[0, 1, 40:50, 5:15] = COLORS["blue"]  # one patch of the second frame of clip 0
     frames[1, 0, 0:2, 0:1] = COLORS["red"]  # 2 pixels: below the 4-pixel floor
-    data = PaletteTarget().compute(frames)["data"]
+    data = build_target("palette").compute(frames)["data"]
     assert data.shape == (2, 2, 4, 6)
     blue = list(COLORS).index("blue")
     assert (data[0, :, :, blue] == 1).all() and data[0].sum() == 8 and data[1].sum() == 0
@@ -82,7 +60,7 @@ def test_palette_target_marks_the_colours_of_the_clip_everywhere():
 def test_planted_target_shows_a_positive_delta_with_separated_error_bars(tmp_path):
     build_synthetic_dataset(tmp_path / "data", clips=CLIPS, seed=0, object_scale=OBJECT_SCALE)  # the demo's data
     items = discover_inputs([tmp_path / "data" / "captions.csv"])
-    planted = PaletteTarget()
+    planted = build_target("palette")
     extract(items, [planted], ExtractConfig(cache_root=tmp_path / "cache", dataset="synthetic", batch_size=16,
                                             sampling=SamplingConfig(num_frames=FRAMES, size=SIZE)))
     grid = {

@@ -1,8 +1,11 @@
 """One registry for every target: `build_target("hog:maskfeat")` and friends.
 
-Names follow the paper (pixel, hog, depth, flow, vq, sif, tvf, mmf); the official code's names
-are accepted as aliases. A target module registers a factory with `@register_target(name)`; the
-factory takes the variant and keyword options and returns an object satisfying `Target`.
+The paper's eight targets keep its names (pixel, hog, depth, flow, vq, sif, tvf, mmf) and the
+official code's names are accepted as aliases. A target module registers a factory with
+`@register_target(name)`; the factory takes the variant and keyword options and returns an object
+satisfying `Target`. Every module of this package is discovered by itself, and other packages add
+targets through the `mvm_targets.targets` entry-point group (each entry point names a module that
+registers its targets on import). A name registered twice is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ TargetFactory = Callable[..., Target]
 _FACTORIES: dict[str, TargetFactory] = {}
 _DEFAULT_VARIANTS: dict[str, str] = {}
 _VARIANTS: dict[str, tuple[str, ...]] = {}
+_DISCOVERED = False
+ENTRY_POINT_GROUP = "mvm_targets.targets"
 
 
 class UnknownTargetError(MvmTargetsError, ValueError):
@@ -38,6 +43,10 @@ def register_target(name: str, variants: tuple[str, ...]) -> Callable[[TargetFac
     """Register `factory(variant: str, **options) -> Target`; `variants[0]` is the default."""
 
     def decorator(factory: TargetFactory) -> TargetFactory:
+        existing = _FACTORIES.get(name)
+        if existing is not None and _origin(existing) != _origin(factory):
+            raise MvmTargetsError(f"target '{name}' is registered twice: by {_origin(existing)} and by "
+                                  f"{_origin(factory)}; rename one of them")
         _FACTORIES[name] = factory
         _VARIANTS[name] = variants
         _DEFAULT_VARIANTS[name] = variants[0]
@@ -99,6 +108,31 @@ def list_variants(name: str) -> tuple[str, ...]:
 
 
 def _load_builtin_targets() -> None:
-    # Importing the modules runs their @register_target decorators; done lazily so that
+    # Importing a module runs its @register_target decorators; done lazily (and once) so that
     # `spec`/`registry` stay importable from inside the target modules themselves.
-    from mvm_targets.targets import depth, flow, hog, mmf, pixel, sif, tvf, vq  # noqa: F401
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    import mvm_targets.targets as package
+
+    try:
+        for module in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+            importlib.import_module(module.name)
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except Exception as error:  # a broken third-party plugin must say which one it is
+                raise MvmTargetsError(f"target plugin '{entry.name}' ({entry.value}) failed to load: "
+                                      f"{type(error).__name__}: {error}") from error
+    except BaseException:
+        _DISCOVERED = False  # let the next call report the same error instead of a partial registry
+        raise
+
+
+def _origin(factory: TargetFactory) -> str:
+    return f"{factory.__module__}.{factory.__qualname__}"
