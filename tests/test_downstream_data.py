@@ -352,16 +352,16 @@ def test_key_format_and_kind_errors(tmp_path: Path):
 
 
 def test_retrieval_metrics_hand_computed_4x3():
-    scores = np.array([[0.9, 0.1, 0.2],   # gt 0: only itself >= 0.9             -> rank 1
-                       [0.5, 0.3, 0.8],   # gt 1: 0.5, 0.3, 0.8 all >= 0.3        -> rank 3
-                       [0.4, 0.6, 0.6],   # gt 2: tie with video 1, pessimistic   -> rank 2
-                       [0.2, 0.7, 0.1]])  # gt 0: 0.2 and 0.7 >= 0.2              -> rank 2
+    scores = np.array([[0.9, 0.1, 0.2],   # gt 0: none above, alone at 0.9           -> rank 1
+                       [0.5, 0.3, 0.8],   # gt 1: 0.5 and 0.8 above                  -> rank 3
+                       [0.4, 0.6, 0.6],   # gt 2: none above, tied with video 1: mid -> rank 1.5
+                       [0.2, 0.7, 0.1]])  # gt 0: 0.7 above                          -> rank 2
     text_to_video = [0, 1, 2, 0]
-    assert retrieval_ranks(scores, text_to_video).tolist() == [1, 3, 2, 2]
+    assert retrieval_ranks(scores, text_to_video).tolist() == [1.0, 3.0, 1.5, 2.0]
     assert retrieval_metrics(scores, text_to_video) == {
-        "R@1": 25.0, "R@5": 100.0, "R@10": 100.0, "AveR": 75.0, "MdR": 2.0, "MnR": 2.0, "n_text": 4, "n_video": 3}
+        "R@1": 25.0, "R@5": 100.0, "R@10": 100.0, "AveR": 75.0, "MdR": 1.75, "MnR": 1.875, "n_text": 4, "n_video": 3}
     # a torch tensor (any float dtype) gives the same numbers
-    assert retrieval_metrics(torch.tensor(scores, dtype=torch.float32), torch.tensor(text_to_video))["MnR"] == 2.0
+    assert retrieval_metrics(torch.tensor(scores, dtype=torch.float32), torch.tensor(text_to_video))["MnR"] == 1.875
 
 
 def test_retrieval_metrics_beyond_rank_ten():
@@ -372,14 +372,15 @@ def test_retrieval_metrics_beyond_rank_ten():
                       "n_text": 2, "n_video": 12}
 
 
-def test_ties_never_help():
+def test_ties_take_the_mid_rank():
     constant = np.zeros((3, 4))
-    assert retrieval_ranks(constant, [0, 1, 3]).tolist() == [4, 4, 4]  # an index-order rule would give [1, 2, 4]
+    # every text at (4 + 1) / 2, the chance median; an index-order rule would give [1, 2, 4]
+    assert retrieval_ranks(constant, [0, 1, 3]).tolist() == [2.5, 2.5, 2.5]
     result = retrieval_metrics(constant, [0, 1, 3])
-    assert (result["R@1"], result["MdR"]) == (0.0, 4.0)
-    # a gt tied with one video above an untied one ranks 2, not 1
-    assert retrieval_ranks(np.array([[0.5, 0.5, 0.1]]), [0]).tolist() == [2]
-    assert retrieval_ranks(np.array([[1.0, -np.inf]]), [1]).tolist() == [2]
+    assert (result["R@1"], result["MdR"]) == (0.0, 2.5)
+    # a gt tied with one video above an untied one ranks 1.5, neither 1 nor 2
+    assert retrieval_ranks(np.array([[0.5, 0.5, 0.1]]), [0]).tolist() == [1.5]
+    assert retrieval_ranks(np.array([[1.0, -np.inf]]), [1]).tolist() == [2.0]
 
 
 def test_retrieval_metric_input_errors():

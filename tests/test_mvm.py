@@ -274,25 +274,58 @@ def test_flow_union_mask_and_paper_factor():
     assert float(target_loss(FLOW, pred, target, mask, "paper")) == pytest.approx(1.0)
 
 
+def flow_drop_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """flow_case's masks with a target whose pair maxima are, by hand: batch 0 pair 0 -> 10,
+    batch 0 pair 1 -> 50 (at an unmasked pixel), batch 1 -> 0."""
+    pred, _, mask = flow_case()
+    target = torch.zeros(B, T - 1, 2, S, S)
+    target[0, 0, :, :32, :32] = 1.0
+    target[0, 0, 0, 40, 40] = -10.0  # unmasked pixel: sets the pair maximum, adds no loss
+    target[0, 1, :, 32:, 32:] = 3.0
+    target[0, 1, 1, 0, 0] = 50.0
+    stored = {"flow/max_magnitude": torch.tensor([[10.0, 50.0], [0.0, 0.0]])}  # the cache's Euclidean maxima
+    return pred, target, mask, stored
+
+
 def test_flow_drops_pairs_at_or_above_max_magnitude():
-    pred, target, mask = flow_case()
+    pred, target, mask, extras = flow_drop_case()
     objective = MvmObjective([FLOW], HID)
-    keep = objective.kept_pairs(FLOW, {"flow/max_magnitude": torch.tensor([[10.0, 50.0], [0.0, 0.0]])})
+    keep = objective.kept_pairs(FLOW, target, extras)
     assert torch.equal(keep, torch.tensor([[True, False], [True, True]]))
     assert float(target_loss(FLOW, pred, target, mask, keep_pairs=keep)) == pytest.approx(1.0)  # pair 1 gone
+    assert float(target_loss(FLOW, pred, target, mask)) == pytest.approx(2.0)  # (1 + 3) / 2 with it
     x = features()
-    extras = {"flow/max_magnitude": torch.tensor([[10.0, 50.0], [0.0, 0.0]])}
     # end to end: with the head's own predictions, dropping pair 1 must change the loss
     with_drop = objective.eval()(x, {"flow": target}, mask, extras)["mvm_flow"]
     without = MvmObjective([FLOW], HID, flow_max_magnitude=None)
     without.load_state_dict(objective.state_dict())
     no_drop = without.eval()(x, {"flow": target}, mask, extras)["mvm_flow"]
-    no_extra = objective(x, {"flow": target}, mask)["mvm_flow"]
+    no_extra = objective(x, {"flow": target}, mask)["mvm_flow"]  # no extra: not a target the rule applies to
     pred_full = objective.predict(x)["flow"]
     torch.testing.assert_close(with_drop, target_loss(FLOW, pred_full, target, mask, keep_pairs=keep))
     torch.testing.assert_close(no_drop, target_loss(FLOW, pred_full, target, mask))
     torch.testing.assert_close(no_extra, no_drop)
     assert abs(with_drop.item() - no_drop.item()) > 0.5  # about 2 vs 1: the pair with |error| 3 is gone
+
+
+def test_flow_pair_rule_is_the_largest_component_not_the_euclidean_magnitude():
+    """The official rule drops a pair when max(|u|, |v|) >= 50 anywhere in it; |(u, v)| is not used."""
+    from mvm_targets.targets.flow import max_magnitude
+
+    target = torch.zeros(1, 4, 2, S, S)
+    target[0, 0, :, 5, 7] = 40.0  # u = v = 40: Euclidean 56.6 > 50, largest component 40 -> kept
+    target[0, 1, 0, 9, 9], target[0, 1, 1, 9, 9] = 30.0, -45.0  # Euclidean 54.1, largest 45 -> kept
+    target[0, 2, 1, 0, 0] = -50.0  # a single component at 50 -> dropped (the official keeps < 50)
+    target[0, 3, 0, 3, 3], target[0, 3, 1, 60, 60] = 49.0, 49.9  # largest 49.9 (at different pixels) -> kept
+    stored = torch.from_numpy(max_magnitude(target.numpy()))  # what a cache holds: the Euclidean maxima
+    assert stored[0].tolist() == pytest.approx([40 * 2 ** 0.5, (30 ** 2 + 45 ** 2) ** 0.5, 50.0, 49.9])
+    keep = MvmObjective([FLOW], HID).kept_pairs(FLOW, target, {"flow/max_magnitude": stored})
+    assert keep.tolist() == [[True, True, False, True]]
+    assert (stored < 50.0).tolist() == [[False, False, False, True]]  # the Euclidean rule would drop two more
+    # the rule reads the batch's (possibly flipped) target: negating u changes nothing
+    flipped = target.clone()
+    flipped[:, :, 0] *= -1
+    assert torch.equal(MvmObjective([FLOW], HID).kept_pairs(FLOW, flipped, {"flow/max_magnitude": stored}), keep)
 
 
 @pytest.mark.parametrize("normalization", ["mean", "paper"])

@@ -63,7 +63,10 @@ class MaskConfig:
     strategies: tuple[str, ...] = ("rm", "bm")  # per-sample mixture
     ratio: float = 0.3  # video ratio (the paper's final model)
     text_ratio: float = 0.15
-    paper: bool = False  # released behaviour: p_mask 0.15 everywhere, BM ignores the ratio
+    # released behaviour: p_mask 0.15 everywhere, BM ignores the ratio, AM draws video and text jointly;
+    # also sums the two directions of the retrieval loss (docs/method.md section 5)
+    paper: bool = False
+    video_without_mvm: bool = False  # mask the video even with no MVM target (the official code does not)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class MvmConfig:
     targets: tuple[str, ...] = ()  # cache refs, e.g. ["sif"], ["hog", "flow:dis"]; empty = no MVM
     normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (spec §4)
     weight: float = 1.0
-    flow_max_magnitude: float | None = 50.0  # drop flow pairs this fast (official rule); null keeps all
+    # official pair rule: drop a flow pair whose largest absolute component max(|u|, |v|) over its pixels
+    # reaches this many px (not the Euclidean |(u, v)|); null keeps all pairs
+    flow_max_magnitude: float | None = 50.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,9 @@ class DownstreamConfig:
     # e.g. {retrieval_eval: "msrvtt_retrieval:data/msrvtt/test_1k.json"}; kinds: violet_core.downstream.adapters
     files: dict[str, str] = field(default_factory=dict)
     key_format: str = "{video_id}"  # maps a file's video id to a cache key, e.g. "videos/{video_id}"
+    # tokens per text for a task, e.g. {qa_mc: 100} (the official finetuning uses 25, 100 for long texts);
+    # tasks not listed use data.max_text_len
+    max_text_len: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,12 @@ def validate(config: RunConfig) -> None:
         task, _, role = key.rpartition("_")
         need(task in DOWNSTREAM_TASKS and role in ("train", "eval") and ":" in value, f"downstream.files.{key}",
              f"expected <task>_<train|eval>: <kind>:<path> with task in {list(DOWNSTREAM_TASKS)}, got {value!r}")
+    for task, length in config.downstream.max_text_len.items():
+        need(task in DOWNSTREAM_TASKS, f"downstream.max_text_len.{task}",
+             f"unknown task; choose from {list(DOWNSTREAM_TASKS)}")
+        # the text position table has max(512, data.max_text_len) rows (violet_core/model.py)
+        need(2 <= length <= max(512, config.data.max_text_len), f"downstream.max_text_len.{task}",
+             f"{length} must leave room for [CLS] and [SEP] and fit {max(512, config.data.max_text_len)} positions")
     unknown_tasks = [t for t in config.downstream.tasks if t not in DOWNSTREAM_TASKS]
     need(not unknown_tasks, "downstream.tasks", f"unknown {unknown_tasks}; choose from {list(DOWNSTREAM_TASKS)}")
     for section in ("pretrain", "downstream"):

@@ -1,4 +1,4 @@
-"""Video and text masking for MVM / MLM (VIOLETv2 spec §5).
+"""Video and text masking for MVM / MLM, as the official VIOLETv2 code's `masking` does it.
 
 A video mask is a boolean `(B, T, h, w)` tensor on the grid of 32-px patches (h = w = S / 32), True
 meaning masked. Masked patches are zeroed in ImageNet-normalised pixel space before the video
@@ -6,20 +6,26 @@ encoder (`apply_video_mask`); there is no learnable mask token.
 
 Every sampler takes a `torch.Generator` and draws all of its randomness from it, so a seed fixes
 the masks. Each has two modes:
-  * default: the requested ratio is honoured exactly (round(ratio * cells) cells per sample);
+  * default: the requested ratio is honoured exactly (round(ratio * cells) cells per sample); AM
+    picks video cells only and text is masked by independent coin flips;
   * `paper=True`: the released code's behaviour (Bernoulli RM, T union-of-cuboids BM that ignores
-    the ratio, no at-least-one guarantee for text).
+    the ratio, no at-least-one guarantee for text, AM drawn jointly over video cells and text
+    tokens: `joint_attended_mask`).
+
+`MaskSampler.sample` makes one step's masks. Without an MVM target the video is left unmasked
+(the official code masks video only when MVM is trained) unless the caller asks otherwise.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 STRATEGIES = ("rm", "bm", "am")
-PAPER_RATIO = 0.15  # the released `masking()` is always called with its default p_mask (spec §5, §8.2)
+PAPER_RATIO = 0.15  # the released `masking()` is always called with its default p_mask
 _AM_EPSILON = 1e-6  # added to normalised scores: zero-attention cells stay drawable, just very unlikely
 _BM_ROUND = 16  # cuboids drawn per sample and round in default BM (a 0.15 ratio needs about 4)
 _BM_MAX_CUBOIDS = 4096  # after this many, default BM tops up with random cells (only near ratio 1)
@@ -170,6 +176,51 @@ def attended_mask(scores: torch.Tensor, ratio: float, generator: torch.Generator
     return mask.view(scores.shape).to(scores.device)
 
 
+def joint_attended_count(frames: int, h: int, w: int, length: int, ratio: float) -> int:
+    """Positions the released AM draws per sample: int(ratio * (T*(1+h*w) + L)), per-frame CLS and
+    special text tokens included in the total (they are never drawn themselves)."""
+    return int((frames * (1 + h * w) + length) * _check_ratio(ratio))
+
+
+def joint_attended_mask(video_scores: torch.Tensor, text_scores: torch.Tensor, special: torch.Tensor, ratio: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attended masking as released: one draw over video cells and text tokens together.
+
+    video_scores (B, T, h, w) >= 0: attention each video patch receives; text_scores (B, L) >= 0:
+    attention each text token receives; special (B, L) bool: tokens never masked ([CLS], [SEP],
+    [PAD]). Draws `joint_attended_count(T, h, w, L, ratio)` positions per sample without replacement,
+    with probability proportional to the received attention, over the T*h*w video cells and the
+    non-special text tokens (per-frame CLS slots count in the total but are never drawn, as the
+    released code zeroes their attention). Returns (video mask (B, T, h, w) bool, text chosen (B, L) bool).
+    """
+    if video_scores.dim() != 4 or text_scores.dim() != 2 or special.shape != text_scores.shape:
+        raise ValueError(f"joint AM needs video scores (B, T, h, w), text scores (B, L) and special (B, L), got "
+                         f"{tuple(video_scores.shape)}, {tuple(text_scores.shape)} and {tuple(special.shape)}")
+    if video_scores.shape[0] != text_scores.shape[0]:
+        raise ValueError(f"joint AM: {video_scores.shape[0]} video rows for {text_scores.shape[0]} text rows")
+    batch, frames, h, w = video_scores.shape
+    length = text_scores.shape[1]
+    flat = torch.cat([video_scores.detach().float().flatten(1), text_scores.detach().float()], dim=1)
+    flat = flat.to(generator.device)
+    if not bool(torch.isfinite(flat).all()) or bool((flat < 0).any()):
+        raise ValueError("attention scores must be finite and >= 0")
+    drawable = torch.cat([torch.ones(batch, frames * h * w, dtype=torch.bool),
+                          ~special.bool().cpu()], dim=1).to(generator.device)
+    flat = flat.masked_fill(~drawable, 0.0)
+    # the released draw fails (and falls back to RM) when it asks for more positions than exist;
+    # here a sample with fewer drawable positions simply has all of them masked
+    need = torch.clamp(drawable.sum(dim=1), max=joint_attended_count(frames, h, w, length, ratio))
+    total = flat.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    probs = flat / total + _AM_EPSILON  # as `attended_mask`: zero attention stays drawable, just very unlikely
+    # Gumbel top-k: the k largest log p + Gumbel noise are a draw of k positions without replacement
+    # with the same law as torch.multinomial's sequential draw, and it takes a count per row
+    uniform = torch.rand(flat.shape, generator=generator, device=generator.device).clamp_min(1e-30)
+    keys = (probs.log() - (-uniform.log()).log()).masked_fill(~drawable, -math.inf)
+    chosen = _keep_top(keys, need) & drawable
+    video = chosen[:, :frames * h * w].reshape(batch, frames, h, w).to(video_scores.device)
+    return video, chosen[:, frames * h * w:].to(text_scores.device)
+
+
 def text_mask(ids: torch.Tensor, special: torch.Tensor, ratio: float, mask_token_id: int,
               generator: torch.Generator, paper: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """MLM masking: ids (B, L) long, special (B, L) bool -> (masked_ids, labels), both (B, L) long.
@@ -191,10 +242,13 @@ def text_mask(ids: torch.Tensor, special: torch.Tensor, ratio: float, mask_token
         forced = torch.zeros_like(chosen)
         forced.scatter_(1, pick.argmax(dim=1, keepdim=True), True)
         chosen |= forced & empty[:, None]
-    chosen = chosen.to(ids.device)
-    masked_ids = ids.masked_fill(chosen, mask_token_id)
-    labels = ids.masked_fill(~chosen, -100)
-    return masked_ids, labels
+    return mask_tokens(ids, chosen, mask_token_id)
+
+
+def mask_tokens(ids: torch.Tensor, chosen: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, L), chosen (B, L) bool -> (ids with [MASK] where chosen, labels: the id there, -100 elsewhere)."""
+    chosen = chosen.to(ids.device).bool()
+    return ids.masked_fill(chosen, mask_token_id), ids.masked_fill(~chosen, -100)
 
 
 def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
@@ -207,7 +261,7 @@ def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
 def apply_video_mask(video: torch.Tensor, mask: torch.Tensor, patch: int = 32) -> torch.Tensor:
     """video (B, T, 3, S, S), mask (B, T, h, w) -> a copy with masked patches set to 0.
 
-    0 in ImageNet-normalised space is the mean colour, which is what the encoder sees (spec §3).
+    0 in ImageNet-normalised space is the mean colour, which is what the encoder sees.
     """
     batch, frames, _, height, width = video.shape
     if mask.shape != (batch, frames, height // patch, width // patch) or height % patch or width % patch:
@@ -217,14 +271,27 @@ def apply_video_mask(video: torch.Tensor, mask: torch.Tensor, patch: int = 32) -
     return video.masked_fill(pixels[:, :, None], 0.0)
 
 
+@dataclass(frozen=True)
+class StepMasks:
+    """One step's masks from `MaskSampler.sample`."""
+
+    video: torch.Tensor  # (B, T, h, w) bool, True = patch zeroed before the video encoder
+    text_ids: torch.Tensor  # (B, L) long, [MASK] substituted
+    labels: torch.Tensor  # (B, L) long, the original id at [MASK] positions, -100 elsewhere
+    strategies: list[str]  # the strategy each sample drew
+
+
 class MaskSampler:
     """Per-sample mixture of video masking strategies plus the text masking of the same step.
 
     Each sample draws one of `strategies` uniformly (the released code's `random.choice`). In paper
     mode the ratios are the released code's hard-coded 0.15 and the samplers run in paper mode.
+    video_without_mvm: mask the video even when no MVM target is trained (the released code does
+    not; the caller decides per step through `sample(mask_video=...)`, this only records the option).
     """
 
-    def __init__(self, strategies: Sequence[str] | str, ratio: float, text_ratio: float, paper: bool = False) -> None:
+    def __init__(self, strategies: Sequence[str] | str, ratio: float, text_ratio: float, paper: bool = False,
+                 video_without_mvm: bool = False) -> None:
         if isinstance(strategies, str):
             strategies = (strategies,)
         strategies = tuple(strategies)
@@ -239,6 +306,16 @@ class MaskSampler:
         self.ratio = _check_ratio(ratio, "video mask ratio")
         self.text_ratio = _check_ratio(text_ratio, "text mask ratio")
         self.paper = bool(paper)
+        self.video_without_mvm = bool(video_without_mvm)
+
+    def masks_video(self, has_mvm: bool) -> bool:
+        """Whether the video is masked: always with an MVM target, otherwise only when asked."""
+        return has_mvm or self.video_without_mvm
+
+    def needs_attention_for(self, mask_video: bool) -> bool:
+        """Whether `sample` needs attention scores: default AM picks video cells only (nothing to
+        pick when the video stays unmasked), paper AM picks video cells and text tokens together."""
+        return self.needs_attention and (mask_video or self.paper)
 
     @property
     def needs_attention(self) -> bool:
@@ -283,3 +360,73 @@ class MaskSampler:
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`text_mask` at this sampler's text ratio and mode -> (masked_ids, labels), (B, L) each."""
         return text_mask(ids, special, self.effective_text_ratio, mask_token_id, generator, paper=self.paper)
+
+    def sample(self, ids: torch.Tensor, special: torch.Tensor, mask_token_id: int, frames: int, h: int, w: int,
+               generator: torch.Generator, mask_video: bool = True, video_attention: torch.Tensor | None = None,
+               text_attention: torch.Tensor | None = None) -> StepMasks:
+        """The masks of one step: ids / special (B, L), a (B, T, h, w) video grid.
+
+        mask_video=False leaves every patch visible (no MVM target). Attention scores, when
+        `needs_attention_for(mask_video)`: video_attention (B, T, h, w) and, in paper mode,
+        text_attention (B, L), the attention each position receives in the fusion encoder.
+        Default mode: video strategies as `sample_video`, text by `sample_text`. Paper mode: RM / BM
+        samples mask text by coin flips, AM samples by `joint_attended_mask` (text hits become MLM
+        labels, video hits are zeroed when the video is masked); an AM sample whose draw holds no
+        text token while the video is masked falls back to RM, as the released code does.
+        """
+        batch = ids.shape[0]
+        if ids.dim() != 2 or special.shape != ids.shape:
+            raise ValueError(f"ids and special must both be (B, L), got {tuple(ids.shape)} and {tuple(special.shape)}")
+        if not self.paper:
+            if mask_video:
+                video, used = self.sample_video(batch, frames, h, w, generator, attention=video_attention)
+            else:
+                _check_grid(batch, frames, h, w)
+                video, used = torch.zeros(batch, frames, h, w, dtype=torch.bool), self._choose(batch, generator)[1]
+            masked_ids, labels = self.sample_text(ids, special, mask_token_id, generator)
+            return StepMasks(video, masked_ids, labels, used)
+        return self._sample_paper(ids, special, mask_token_id, frames, h, w, generator, mask_video,
+                                  video_attention, text_attention)
+
+    def _choose(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        choice = torch.randint(len(self.strategies), (batch,), generator=generator, device=generator.device)
+        return choice, [self.strategies[i] for i in choice.tolist()]
+
+    def _sample_paper(self, ids: torch.Tensor, special: torch.Tensor, mask_token_id: int, frames: int, h: int,
+                      w: int, generator: torch.Generator, mask_video: bool, video_attention: torch.Tensor | None,
+                      text_attention: torch.Tensor | None) -> StepMasks:
+        batch, length = ids.shape
+        _check_grid(batch, frames, h, w)
+        if self.needs_attention:
+            if video_attention is None or text_attention is None:
+                raise ValueError("paper-mode masking strategy 'am' needs video attention (B, T, h, w) and text "
+                                 "attention (B, L); got None")
+            if video_attention.shape != (batch, frames, h, w) or text_attention.shape != (batch, length):
+                raise ValueError(f"attention must be {(batch, frames, h, w)} and {(batch, length)}, got "
+                                 f"{tuple(video_attention.shape)} and {tuple(text_attention.shape)}")
+        choice, used = self._choose(batch, generator)
+        dev = generator.device
+        video = torch.zeros(batch, frames, h, w, dtype=torch.bool, device=dev)
+        coins = text_mask(ids, special, PAPER_RATIO, mask_token_id, generator, paper=True)[1] != -100
+        chosen = coins.clone()
+        for index, name in enumerate(self.strategies):
+            rows = (choice == index).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            if name == "am":
+                part, text = joint_attended_mask(video_attention[rows.to(video_attention.device)],
+                                                 text_attention[rows.to(text_attention.device)],
+                                                 special[rows.to(special.device)], PAPER_RATIO, generator)
+                chosen[rows.to(chosen.device)] = text.to(chosen.device)
+                if not mask_video:
+                    continue
+                video[rows] = part.to(dev)
+                failed = rows[~text.any(dim=1).to(rows.device)]
+                if failed.numel():  # no MLM label drawn: the released code redraws the sample as RM
+                    video[failed] = random_mask(failed.numel(), frames, h, w, PAPER_RATIO, generator, paper=True).to(dev)
+                    chosen[failed.to(chosen.device)] = coins[failed.to(coins.device)]
+            elif mask_video:
+                draw = random_mask if name == "rm" else block_mask
+                video[rows] = draw(rows.numel(), frames, h, w, PAPER_RATIO, generator, paper=True).to(dev)
+        masked_ids, labels = mask_tokens(ids, chosen, mask_token_id)
+        return StepMasks(video, masked_ids, labels, used)

@@ -1,4 +1,4 @@
-"""VIOLET (v2): Video Swin video encoder + BERT-style cross-modal fusion (spec §1).
+"""VIOLET (v2): Video Swin video encoder + BERT-style cross-modal fusion, as the official VIOLETv2 code.
 
     video (B, T, 3, S, S) --Video Swin--> (B, T, h, w, C) --fc, +CLS per frame, +spatial/temporal emb, LN-->
         video tokens (B, T*(1+h*w), H)
@@ -6,7 +6,8 @@
     [video tokens ; text tokens] --BERT encoder (full attention)--> fused (B, T*(1+h*w)+L, H)
 
 Heads read the fused sequence: MLM over the text positions, the VTM/retrieval score at the first
-text token ([CLS]), and MVM heads at the video positions with the per-frame CLS dropped.
+text token ([CLS]), and MVM heads at the video positions with the per-frame CLS dropped. The heads
+run in fp32 with autocast off (violet_core.mvm.full_precision), so scores and logits are float32.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from mvm_targets.backbones.video_swin import build_video_swin
 from mvm_targets.backbones.video_swin_weights import load_official_checkpoint, load_torchvision_state_dict
 from mvm_targets.teachers.weights import MissingWeightsError
 from violet_core.config import ModelConfig
-from violet_core.mvm import MvmObjective, VtmHead
+from violet_core.mvm import MvmObjective, VtmHead, full_precision
 from violet_core.target_info import TargetInfo
 
 import_torchvision()  # transformers' modeling modules import torchvision; see mvm_targets._compat
-from transformers import BertConfig, BertModel  # noqa: E402
+from transformers import BertConfig, BertForMaskedLM, BertModel  # noqa: E402
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead  # noqa: E402
 
 BERT_SOURCE = "https://huggingface.co/bert-base-uncased (download the folder: config.json, model.safetensors, vocab.txt)"
@@ -124,12 +125,18 @@ class Violet(nn.Module):
         return self.bert.encoder(sequence, attention_mask=additive).last_hidden_state
 
     def pair_score(self, fused: Tensor, grid: VideoGrid) -> Tensor:
-        """(B, Lv + L, H) -> (B,) video-text match score from the first text token ([CLS])."""
-        return self.vtm_head(fused[:, grid.tokens]).squeeze(-1)
+        """(B, Lv + L, H) -> (B,) float32 video-text match score from the first text token ([CLS]).
+
+        fp32 under any autocast: retrieval ranks and QA choices compare these scores, and bf16 has
+        8 significant bits, which turns close scores into ties.
+        """
+        with full_precision(fused.device):
+            return self.vtm_head(fused[:, grid.tokens].float()).squeeze(-1)
 
     def mlm_logits(self, fused: Tensor, grid: VideoGrid) -> Tensor:
-        """(B, Lv + L, H) -> (B, L, V)."""
-        return self.mlm_head(fused[:, grid.tokens:])
+        """(B, Lv + L, H) -> (B, L, V) float32 under any autocast (MLM loss, open-ended QA answers)."""
+        with full_precision(fused.device):
+            return self.mlm_head(fused[:, grid.tokens:].float())
 
     @staticmethod
     def video_features(fused: Tensor, grid: VideoGrid) -> Tensor:
@@ -143,11 +150,12 @@ class Violet(nn.Module):
         return self.fuse(video_tokens, self.embed_text(text_ids), text_mask), grid
 
     @torch.no_grad()
-    def video_attention(self, video: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        """Attention each video patch receives, (B, T, h, w): for attended masking (AM).
+    def received_attention(self, video: Tensor, text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention each position receives, for attended masking (AM): ((B, T, h, w) video patches,
+        (B, L) text tokens), float32.
 
         As the official `get_att`: attention probabilities averaged over heads, summed over layers
-        and over query positions; CLS slots are dropped. Needs `attention_weights=True`.
+        and over query positions; per-frame CLS slots are dropped. Needs `attention_weights=True`.
         """
         captured: list[Tensor] = []
         hooks = [layer.attention.self.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
@@ -159,9 +167,14 @@ class Violet(nn.Module):
                 hook.remove()
         if not captured or captured[0] is None:
             raise RuntimeError("attention weights are not available: build Violet(attention_weights=True) for AM")
-        received = torch.stack(captured).mean(dim=2).sum(dim=(0, 2))  # (B, Lv + L): per key position
-        video_received = received[:, :grid.tokens].reshape(fused.shape[0], grid.frames, -1)[:, :, 1:]
-        return video_received.reshape(fused.shape[0], grid.frames, grid.height, grid.width).float()
+        received = torch.stack(captured).float().mean(dim=2).sum(dim=(0, 2))  # (B, Lv + L): per key position
+        batch = fused.shape[0]
+        video_received = received[:, :grid.tokens].reshape(batch, grid.frames, -1)[:, :, 1:]
+        return (video_received.reshape(batch, grid.frames, grid.height, grid.width), received[:, grid.tokens:])
+
+    def video_attention(self, video: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+        """(B, T, h, w) float32: the video part of `received_attention`."""
+        return self.received_attention(video, text_ids, text_mask)[0]
 
 
 def load_pretrained_parts(model: Violet, config: ModelConfig) -> list[str]:
@@ -184,14 +197,33 @@ def load_pretrained_parts(model: Violet, config: ModelConfig) -> list[str]:
 
 
 def load_bert_weights(model: Violet, folder: Path) -> str:
-    """Initialise the text embeddings, fusion encoder and MLM head from a local bert-base-uncased folder."""
+    """Initialise the text embeddings, fusion encoder and MLM head from a local bert-base-uncased folder.
+
+    The MLM head's transform (dense + LayerNorm) and output bias come from BERT's `cls.predictions`,
+    as the official code copies `BertForMaskedLM.cls`; its decoder weight is the word-embedding
+    table, tied, so it is loaded with the embeddings.
+    """
     if not (folder / "config.json").exists():
         raise MissingWeightsError(f"{folder}: no BERT weights (config.json missing); get {BERT_SOURCE}")
-    pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False, local_files_only=True)
+    pretrained, info = BertForMaskedLM.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     if pretrained.config.hidden_size != model.config.hidden or pretrained.config.num_hidden_layers != model.config.layers:
         raise ValueError(f"{folder}: BERT is {pretrained.config.num_hidden_layers}x{pretrained.config.hidden_size}, "
                          f"the model config asks for {model.config.layers}x{model.config.hidden}")
-    missing, unexpected = model.bert.load_state_dict(pretrained.state_dict(), strict=False)
+    vocab = model.bert.embeddings.word_embeddings.num_embeddings
+    if pretrained.config.vocab_size != vocab:
+        raise ValueError(f"{folder}: BERT has a {pretrained.config.vocab_size}-token vocabulary, the model "
+                         f"{vocab}; set data.tokenizer to the same folder")
+    missing, unexpected = model.bert.load_state_dict(pretrained.bert.state_dict(), strict=False)
     if missing:
         raise ValueError(f"{folder}: BERT weights lack {missing[:4]}")
-    return f"BERT from {folder}"
+    head_missing = [key for key in info.get("missing_keys", ()) if key.startswith("cls.predictions.")
+                    and not key.startswith("cls.predictions.decoder.")]
+    if head_missing:  # e.g. a folder saved from BertModel: keep our own initialisation of the head
+        return f"BERT from {folder} (no MLM head there: {head_missing[0]}...; head randomly initialised)"
+    source, head = pretrained.cls.predictions, model.mlm_head.predictions
+    with torch.no_grad():
+        head.transform.load_state_dict(source.transform.state_dict())
+        # the forward adds decoder.bias; `bias` is the same vector under BERT's name, kept equal
+        head.decoder.bias.copy_(source.bias)
+        head.bias.copy_(source.bias)
+    return f"BERT from {folder} (embeddings, fusion encoder, MLM head)"

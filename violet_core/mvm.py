@@ -1,5 +1,5 @@
-"""MVM heads and losses on the fusion encoder's video outputs (VIOLETv2 spec §3-4), plus the small
-VTM head and the MLM / VTM / retrieval losses.
+"""MVM heads and losses on the fusion encoder's video outputs (as the official VIOLETv2 code), plus
+the small VTM head and the MLM / VTM / retrieval losses.
 
 Features are the fusion outputs at the video positions with the per-frame CLS dropped, reshaped
 to `(B, T, h, w, H)`. Each target gets its own head, chosen from its `TargetInfo` (grid, width,
@@ -8,9 +8,15 @@ one `fc_mvm`) cannot happen. Losses are computed only at masked positions.
 
 Target layouts (violet_core/target_info.py), B prepended:
     DENSE (B, T', C, S, S) float   PATCH (B, T, h*w, D) float   TOKEN (B, T, S/8, S/8) int64
+
+Precision: heads and losses run in fp32 with autocast off (`full_precision`), whatever the trunk ran
+in. Teacher targets keep their values (a float16 cache is widened, never narrowed to bf16, whose
+step is 0.06 near 10), and a bf16 loss or logit would quantise the comparisons runs are judged on.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -21,26 +27,37 @@ from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixe
 from violet_core.target_info import DEFAULT_VOCAB, PATCH_PX, TargetInfo
 
 NORMALIZATIONS = ("mean", "paper")
-MAX_MAGNITUDE = "max_magnitude"  # extra of pair targets: largest |flow| per pair, (B, T-1)
+MAX_MAGNITUDE = "max_magnitude"  # extra a motion target stores per pair, (B, T-1): marks it for the pair rule
 
-# Scaling of the released `calc_mvm_loss` (spec §4.1-4.7), keyed by (target name, grid):
+# Scaling of the released `calc_mvm_loss`, keyed by (target name, grid):
 # (reduction, factor). "mean" averages over masked elements (positions x channels); "sum" sums
 # over the feature dimension of each masked position and averages over positions. The /3 and /2
-# are extra divisions in the released code (ad hoc per spec §8.9), kept so that paper-mode runs
+# are extra divisions in the released code (ad hoc there), kept so that paper-mode runs
 # weigh MVM against MLM and VTM as the paper did. Names not listed get ("mean", 1.0).
 PAPER_SCALING: dict[tuple[str, str], tuple[str, float]] = {
-    ("pixel", "dense"): ("mean", 1 / 3),  # §4.1 mean L1 per masked pixel-channel / 3
-    ("hog", "dense"): ("mean", 1.0),  # §4.2 mean over masked pixels
-    ("depth", "dense"): ("mean", 1 / 3),  # §4.3 mean over masked pixels / 3
-    ("flow", "dense"): ("mean", 1 / 2),  # §4.4 masked mean / 2
-    ("sif", "patch"): ("sum", 1 / 3),  # §4.6 sum over D per masked patch / 3
-    ("tvf", "patch"): ("sum", 1 / 3),  # §4.7 identical to SIF
-    ("mmf", "patch"): ("sum", 1 / 3),  # §4.8 not released; assumed to follow SIF
+    ("pixel", "dense"): ("mean", 1 / 3),  # mean L1 per masked pixel-channel / 3
+    ("hog", "dense"): ("mean", 1.0),  # mean over masked pixels
+    ("depth", "dense"): ("mean", 1 / 3),  # mean over masked pixels / 3
+    ("flow", "dense"): ("mean", 1 / 2),  # masked mean / 2
+    ("sif", "patch"): ("sum", 1 / 3),  # sum over D per masked patch / 3
+    ("tvf", "patch"): ("sum", 1 / 3),  # identical to SIF
+    ("mmf", "patch"): ("sum", 1 / 3),  # not released; assumed to follow SIF
     ("hog", "patch"): ("sum", 1 / 3),  # MaskFeat-style descriptor per patch, treated as a feature
-    ("vq", "token"): ("mean", 1.0),  # §4.5 CE mean over masked tokens
+    ("vq", "token"): ("mean", 1.0),  # CE mean over masked tokens
     ("vq", "patch"): ("mean", 1.0),  # v1 tokens, one per patch
 }
 
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`: inside, ops run in the dtype of their inputs (callers pass fp32)."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def fp32_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, **options) -> torch.Tensor:
+    """`F.cross_entropy` of fp32 logits outside autocast; logits (N, C) or (N, C, ...), labels long."""
+    with full_precision(logits.device):
+        return F.cross_entropy(logits.float(), labels.long(), **options)
 
 class DenseHead(nn.Module):
     """Per-token linear map to a patch x patch block of C channels (Conv1x1 + PixelShuffle).
@@ -152,13 +169,15 @@ def _masked_regression(pred: torch.Tensor, target: torch.Tensor, where: torch.Te
     "mean": average over masked elements (positions x channels); "sum": summed over channels,
     averaged over masked positions. Nothing masked gives an exact 0 still attached to the graph.
     """
-    diff = pred - target.to(device=pred.device, dtype=pred.dtype)
-    err = diff.abs() if kind == "l1" else diff.square()
-    # torch.where, not a product: a non-finite value at an unmasked position cannot leak in
-    total = torch.where(where, err, torch.zeros((), dtype=err.dtype, device=err.device)).sum()
-    positions = where.sum()
-    count = positions * err.shape[channel_dim] if reduction == "mean" else positions
-    return total / count.clamp_min(1) * factor
+    with full_precision(pred.device):
+        # both sides in fp32: the target is widened (float16 cache) and never narrowed to the prediction's dtype
+        diff = pred.float() - target.to(device=pred.device, dtype=torch.float32)
+        err = diff.abs() if kind == "l1" else diff.square()
+        # torch.where, not a product: a non-finite value at an unmasked position cannot leak in
+        total = torch.where(where, err, torch.zeros((), dtype=err.dtype, device=err.device)).sum()
+        positions = where.sum()
+        count = positions * err.shape[channel_dim] if reduction == "mean" else positions
+        return total / count.clamp_min(1) * factor
 
 
 def target_loss(info: TargetInfo, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -166,7 +185,7 @@ def target_loss(info: TargetInfo, prediction: torch.Tensor, target: torch.Tensor
     """Scalar loss of one target at the masked positions.
 
     prediction: the target's head output; target: its training layout; mask: (B, T, h, w) bool.
-    keep_pairs: (B, T-1) bool for pair targets; False drops the whole pair (e.g. |flow| >= 50 px).
+    keep_pairs: (B, T-1) bool for pair targets; False drops the whole pair (e.g. max(|u|, |v|) >= 50 px).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown MVM loss normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
@@ -210,13 +229,13 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, where: torch.Tensor) 
     target, where = target.to(logits.device).long(), where.to(logits.device)
     labels = torch.where(where, target, torch.full_like(target, -100))
     # reduction="sum" (not "mean") so that nothing masked gives 0, not 0/0
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                            reduction="sum")
+    total = fp32_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum")
     return total / where.sum().clamp_min(1)
 
 
 class MvmObjective(nn.Module):
-    """One head and one loss per MVM target; losses summed by the caller (all weights 1, spec §0.8)."""
+    """One head and one loss per MVM target; losses summed by the caller (all weights 1, as released)."""
 
     def __init__(self, infos: list[TargetInfo], hidden: int, normalization: str = "mean",
                  flow_max_magnitude: float | None = 50.0, patch: int = PATCH_PX) -> None:
@@ -235,7 +254,9 @@ class MvmObjective(nn.Module):
         """features (B, T, h, w, H) -> {info.key: head output}."""
         if features.dim() != 5 or features.shape[-1] != self.hidden:
             raise ValueError(f"MVM features must be (B, T, h, w, {self.hidden}), got {tuple(features.shape)}")
-        return {info.key: self.heads[info.key](features) for info in self.infos}
+        # heads in fp32 on fp32 features: a bf16 prediction near a target of 10 is quantised in steps of 0.06
+        with full_precision(features.device):
+            return {info.key: self.heads[info.key](features.float()) for info in self.infos}
 
     def losses(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mask: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -246,7 +267,7 @@ class MvmObjective(nn.Module):
             if info.ref not in targets:
                 raise ValueError(f"MVM target {info.ref!r} is missing from the batch (have {sorted(targets)})")
             out[f"mvm_{info.key}"] = target_loss(info, predictions[info.key], targets[info.ref], mask,
-                                                 self.normalization, self.kept_pairs(info, extras))
+                                                 self.normalization, self.kept_pairs(info, targets[info.ref], extras))
         return out
 
     def forward(self, features: torch.Tensor, targets: dict[str, torch.Tensor], mask: torch.Tensor,
@@ -256,34 +277,60 @@ class MvmObjective(nn.Module):
             raise ValueError(f"mask {tuple(mask.shape)} does not match features {tuple(features.shape)}")
         return self.losses(self.predict(features), targets, mask, extras)
 
-    def kept_pairs(self, info: TargetInfo, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(B, T-1) bool of pairs below the magnitude threshold, when the target has that extra."""
+    def kept_pairs(self, info: TargetInfo, target: torch.Tensor,
+                   extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, T-1) bool: False for a pair whose largest absolute component max(|u|, |v|), over all
+        its pixels, reaches `flow_max_magnitude` (the official rule drops such a pair from the loss).
+
+        target: the pair target as in the batch, (B, T-1, C, S, S), so the rule sees the crop and flip
+        the model is trained on. It applies to pair targets that store the `max_magnitude` extra (the
+        flow target's declaration that it is a motion field in pixels); that stored value is the
+        Euclidean maximum and is not compared itself: max(|u|, |v|) <= |(u, v)| <= sqrt(2) max(|u|, |v|),
+        so the two rules disagree on pairs moving between 50 and 70.7 px, and existing caches work as they are.
+        """
         name = f"{info.ref}/{MAX_MAGNITUDE}"
         if not info.is_pair or self.flow_max_magnitude is None or name not in extras:
             return None
-        return extras[name] < self.flow_max_magnitude
+        return pair_max_component(target) < self.flow_max_magnitude
+
+
+def pair_max_component(target: torch.Tensor) -> torch.Tensor:
+    """(B, T', C, S, S) -> (B, T') float32: the largest absolute value over channels and pixels of each pair."""
+    if target.dim() != 5:
+        raise ValueError(f"a pair target must be (B, T', C, S, S), got shape {tuple(target.shape)}")
+    return target.detach().abs().flatten(2).amax(dim=-1).float()
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits (B, L, V), labels (B, L) with -100 unlabelled -> mean CE over labelled tokens (0 if none)."""
+    """logits (B, L, V), labels (B, L) with -100 unlabelled -> mean CE over labelled tokens (0 if none), fp32."""
     labelled = labels != -100
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100,
-                            reduction="sum")
+    total = fp32_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum")
     return total / labelled.sum().clamp_min(1)
 
 
 def vtm_loss(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """scores (B, O): the positive text at index 0, O - 1 negatives -> CE of scores / temperature."""
+    """scores (B, O): the positive text at index 0, O - 1 negatives -> CE of scores / temperature, fp32."""
     if scores.dim() != 2:
         raise ValueError(f"VTM scores must be (B, O), got {tuple(scores.shape)}")
     labels = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    return F.cross_entropy(scores / temperature, labels)
+    return fp32_cross_entropy(scores.float() / temperature, labels)
 
 
-def symmetric_contrastive_loss(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """scores (B, B), row = video, column = text, diagonal positive -> mean of row and column CE."""
+CONTRASTIVE_REDUCTIONS = ("mean", "sum")
+
+
+def symmetric_contrastive_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean") -> torch.Tensor:
+    """scores (B, B), row = video, column = text, diagonal positive -> CE over rows and over columns, fp32.
+
+    reduction "mean" averages the two directions (a loss on the scale of one CE); "sum" adds them,
+    as the official `NormSoftmaxLoss` (paper mode), which doubles the gradient of the retrieval loss.
+    """
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"contrastive scores must be square (B, B), got {tuple(scores.shape)}")
+    if reduction not in CONTRASTIVE_REDUCTIONS:
+        raise ValueError(f"unknown contrastive reduction {reduction!r}; choose from {', '.join(CONTRASTIVE_REDUCTIONS)}")
     labels = torch.arange(scores.shape[0], device=scores.device)
-    logits = scores / temperature
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    logits = scores.float() / temperature
+    total = fp32_cross_entropy(logits, labels) + fp32_cross_entropy(logits.t(), labels)
+    return total if reduction == "sum" else total / 2

@@ -1,26 +1,27 @@
 """Training objectives as modules, so DDP sees one forward per step (and syncs every head's grads).
 
 Each objective wraps the shared `Violet` model and returns a dict of named scalar losses with the
-total under "loss".
+total under "loss". Scores, logits and losses are float32 under any autocast (violet_core.mvm.full_precision).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from violet_core.masking import MaskSampler, apply_video_mask, text_mask
+from violet_core.masking import MaskSampler, apply_video_mask
 from violet_core.model import Violet
-from violet_core.mvm import mlm_loss, symmetric_contrastive_loss, vtm_loss
+from violet_core.mvm import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, vtm_loss
 
 
 class PretrainObjective(nn.Module):
-    """L = L_MLM + L_VTM + weight * sum_target L_MVM (spec §2; all weights 1 in the paper).
+    """L = L_MLM + L_VTM + weight * sum_target L_MVM (all weights 1 in the paper).
 
     Targets are computed from the unmasked clip (they come from the cache); the video the encoder
-    sees has its masked patches zeroed. VTM pairs each video with its own caption and
-    `negatives` other in-batch captions, built from the same masked inputs as the official code.
+    sees has its masked patches zeroed. Without an MVM target the video is not masked at all, as
+    in the official code (contrast runs see whole videos), unless the sampler's
+    `video_without_mvm` asks for it. VTM pairs each video with its own caption and `negatives`
+    other in-batch captions, built from the same masked inputs as the official code.
     """
 
     def __init__(self, model: Violet, sampler: MaskSampler, mask_token_id: int, negatives: int = 3,
@@ -38,16 +39,17 @@ class PretrainObjective(nn.Module):
         video, ids, keep = batch["video"], batch["text_ids"], batch["text_mask"]
         batch_size, frames, _, size, _ = video.shape
         side = size // 32
-        attention = None
-        if self.sampler.needs_attention:
-            attention = self.model.video_attention(video, ids, keep).cpu()
-        video_mask, _ = self.sampler.sample_video(batch_size, frames, side, side, generator, attention=attention)
-        video_mask = video_mask.to(video.device)
-        masked_ids, labels = text_mask(ids.cpu(), special.cpu(), self.sampler.effective_text_ratio, self.mask_token_id,
-                                       generator, paper=self.sampler.paper)
-        masked_ids, labels = masked_ids.to(ids.device), labels.to(ids.device)
+        mask_video = self.sampler.masks_video(self.model.mvm is not None)
+        video_attention = text_attention = None
+        if self.sampler.needs_attention_for(mask_video):
+            video_attention, text_attention = (a.cpu() for a in self.model.received_attention(video, ids, keep))
+        masks = self.sampler.sample(ids.cpu(), special.cpu(), self.mask_token_id, frames, side, side, generator,
+                                    mask_video=mask_video, video_attention=video_attention,
+                                    text_attention=text_attention)
+        video_mask = masks.video.to(video.device)
+        masked_ids, labels = masks.text_ids.to(ids.device), masks.labels.to(ids.device)
 
-        video_tokens, grid = self.model.encode_video(apply_video_mask(video, video_mask))
+        video_tokens, grid = self.model.encode_video(apply_video_mask(video, video_mask) if mask_video else video)
         text_tokens = self.model.embed_text(masked_ids)
         fused = self.model.fuse(video_tokens, text_tokens, keep)
         losses = {"mlm": mlm_loss(self.model.mlm_logits(fused, grid), labels)}
@@ -75,23 +77,28 @@ def _negative_shifts(batch_size: int, count: int, generator: torch.Generator) ->
 
 
 class RetrievalObjective(nn.Module):
-    """Text-to-video finetuning: all B x B pairs are cross-encoded; symmetric contrastive loss (spec §7)."""
+    """Text-to-video finetuning: all B x B pairs are cross-encoded; symmetric contrastive loss.
 
-    def __init__(self, model: Violet, temperature: float = 0.05) -> None:
+    reduction "mean" averages the text-to-video and video-to-text CE; "sum" adds them, as the
+    official `NormSoftmaxLoss` (paper mode).
+    """
+
+    def __init__(self, model: Violet, temperature: float = 0.05, reduction: str = "mean") -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.reduction = reduction
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         video_tokens, grid = self.model.encode_video(batch["video"])
         text_tokens = self.model.embed_text(batch["text_ids"])
         scores = pairwise_scores(self.model, video_tokens, grid, text_tokens, batch["text_mask"])
-        loss = symmetric_contrastive_loss(scores, self.temperature)
+        loss = symmetric_contrastive_loss(scores, self.temperature, self.reduction)
         return {"loss": loss, "retrieval": loss.detach()}
 
 
 def pairwise_scores(model: Violet, video_tokens: Tensor, grid, text_tokens: Tensor, text_keep: Tensor) -> Tensor:
-    """Cross-encode every text with every video: (N_text, N_video) scores."""
+    """Cross-encode every text with every video: (N_text, N_video) float32 scores."""
     n_video, n_text = video_tokens.shape[0], text_tokens.shape[0]
     videos = video_tokens.repeat(n_text, 1, 1)  # text-major: row i*n_video + j = (text i, video j)
     texts = text_tokens.repeat_interleave(n_video, dim=0)
@@ -107,7 +114,7 @@ class MultipleChoiceObjective(nn.Module):
         self.model = model
 
     def option_scores(self, batch: dict) -> Tensor:
-        """video (B, T, 3, S, S), option_ids/option_mask (B, O, L) -> (B, O)."""
+        """video (B, T, 3, S, S), option_ids/option_mask (B, O, L) -> (B, O) float32."""
         video_tokens, grid = self.model.encode_video(batch["video"])
         batch_size, options, length = batch["option_ids"].shape
         texts = self.model.embed_text(batch["option_ids"].reshape(batch_size * options, length))
@@ -116,26 +123,26 @@ class MultipleChoiceObjective(nn.Module):
         return self.model.pair_score(fused, grid).reshape(batch_size, options)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        loss = F.cross_entropy(self.option_scores(batch), batch["answer"])
+        loss = fp32_cross_entropy(self.option_scores(batch), batch["answer"])
         return {"loss": loss, "qa_mc": loss.detach()}
 
 
 class OpenEndedObjective(nn.Module):
-    """Open-ended QA: "question answer: [MASK]"; the MLM head predicts the answer token (spec §7)."""
+    """Open-ended QA: "question answer: [MASK]"; the MLM head predicts the answer token."""
 
     def __init__(self, model: Violet) -> None:
         super().__init__()
         self.model = model
 
     def answer_logits(self, batch: dict) -> Tensor:
-        """-> (B, V) logits at each sample's [MASK] position (batch["mask_position"], (B,))."""
+        """-> (B, V) float32 logits at each sample's [MASK] position (batch["mask_position"], (B,))."""
         fused, grid = self.model(batch["video"], batch["text_ids"], batch["text_mask"])
         logits = self.model.mlm_logits(fused, grid)
         return logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_position"]]
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         logits = self.answer_logits(batch)
-        loss = F.cross_entropy(logits, batch["answer_id"], ignore_index=-100)
+        loss = fp32_cross_entropy(logits, batch["answer_id"], ignore_index=-100)
         if not torch.isfinite(loss):  # a batch whose answers are all unexpressible: nothing to learn
             loss = logits.sum() * 0.0
         return {"loss": loss, "qa_oe": loss.detach()}

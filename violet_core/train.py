@@ -98,7 +98,8 @@ class Run:
         dataset = PretrainDataset(self.reader, self.infos, self.tokenizer, keys, config.data.num_frames,
                                   config.data.size, config.data.max_text_len, config.data.hflip_prob,
                                   config.data.random_crop, seed=config.seed)
-        sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper)
+        sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper,
+                              video_without_mvm=config.mask.video_without_mvm)
         objective = PretrainObjective(self.model, sampler, self.tokenizer.mask_id, config.pretrain.vtm_negatives,
                                       config.pretrain.temperature, config.mvm.weight)
         optimizer = build_optimizer(self.model, optim)  # first: it freezes the backbone that DDP must not sync

@@ -1,9 +1,15 @@
 """Retrieval and QA metrics for the downstream tasks, in percent, as the VIOLET papers report them.
 
-Retrieval ranks are pessimistic about ties: the rank of the ground-truth video for a text is the
-number of videos whose score is >= the ground-truth score (the ground truth included). A model that
-gives every video the same score therefore ranks every ground truth last, instead of scoring a
-perfect R@1 from a constant output, which is what an optimistic (">") or index-order tie rule would do.
+Retrieval ranks take the mid-rank of ties: the rank of the ground-truth video for a text is
+
+    rank = #(videos scoring > the ground truth) + (#(videos scoring == the ground truth) + 1) / 2,
+
+the ground truth included in the "==" count, so a float (scipy.stats.rankdata(-row, method="average")
+at the ground truth). It is the mean of the ranks the tied videos could take under a random order. A
+constant model therefore gets rank (N + 1) / 2 for every text, the chance median, instead of a
+perfect R@1 (an optimistic ">" or index-order rule, as the official evaluation's stable sort) or a
+rank of N (the pessimistic ">=" rule, which punishes ties that bf16 scores make common). R@k counts
+texts with rank <= k; MdR and MnR are the median and mean of the ranks.
 
 Open-ended QA follows the official v2 fix: gold answers the vocabulary cannot express as one token
 are kept in the denominator and count as wrong, instead of being dropped from the test set.
@@ -40,10 +46,10 @@ def _as_list(values: Any) -> list:
 
 
 def retrieval_ranks(scores: np.ndarray | torch.Tensor, text_to_video: Sequence[int]) -> np.ndarray:
-    """1-based pessimistic rank of each text's ground-truth video.
+    """1-based mid-rank of each text's ground-truth video (ties: see the module docstring).
 
     scores: (N_text, N_video), higher = more similar. text_to_video: (N_text,) video indices.
-    Returns (N_text,) int64 in [1, N_video]: #videos with score >= the ground-truth score.
+    Returns (N_text,) float64 in [1, N_video]: #(score > truth) + (#(score == truth) + 1) / 2.
     """
     matrix = _to_numpy(scores).astype(np.float64)
     targets = np.asarray(_as_list(text_to_video))
@@ -55,8 +61,10 @@ def retrieval_ranks(scores: np.ndarray | torch.Tensor, text_to_video: Sequence[i
         raise ValueError(f"text_to_video must hold video indices in [0, {matrix.shape[1]})")
     if np.isnan(matrix).any():
         raise ValueError("scores contain NaN; a NaN has no rank")
-    truth = matrix[np.arange(matrix.shape[0]), targets]
-    return (matrix >= truth[:, None]).sum(axis=1).astype(np.int64)
+    truth = matrix[np.arange(matrix.shape[0]), targets][:, None]
+    above = (matrix > truth).sum(axis=1)
+    tied = (matrix == truth).sum(axis=1)  # the ground truth itself included
+    return above + (tied + 1) / 2.0
 
 
 def retrieval_metrics(scores: np.ndarray | torch.Tensor, text_to_video: Sequence[int]) -> dict[str, float]:
@@ -64,7 +72,7 @@ def retrieval_metrics(scores: np.ndarray | torch.Tensor, text_to_video: Sequence
 
     scores: (N_text, N_video); text_to_video: (N_text,). Returns R@1, R@5, R@10 (percent of texts whose
     ground truth ranks <= k), AveR (their mean), MdR / MnR (median / mean 1-based rank), n_text, n_video.
-    Ties are pessimistic (see the module docstring).
+    Ties take the mid-rank (see the module docstring).
     """
     ranks = retrieval_ranks(scores, text_to_video)
     result: dict[str, float] = {f"R@{k}": float((ranks <= k).mean() * 100) for k in RECALL_KS}

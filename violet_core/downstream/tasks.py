@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
 from violet_core.batching import batch_stream, to_device
+from violet_core.config import RunConfig
 from violet_core.data.augment import check_crop_size, crop_clip, temporal_window
 from violet_core.data.pretrain import normalize_frames
 from violet_core.data.tokenizer import TextTokenizer
@@ -126,12 +127,17 @@ def _text_encoder(tokenizer: TextTokenizer, max_len: int) -> Callable[[list[str]
     return lambda texts: tokenizer.encode(texts, max_len)
 
 
+def task_text_len(config: RunConfig, task: str) -> int:
+    """Tokens per text for `task`: downstream.max_text_len[task], else data.max_text_len."""
+    return config.downstream.max_text_len.get(task, config.data.max_text_len)
+
+
 # --- retrieval -------------------------------------------------------------------------------
 
 
 def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
     config = run.config
-    encode = _text_encoder(run.tokenizer, config.data.max_text_len)
+    encode = _text_encoder(run.tokenizer, task_text_len(config, "retrieval"))
     train = task_records(run, "retrieval", "train", _retrieval_pairs)
     pairs = train.pairs() if isinstance(train, RetrievalSet) else train
 
@@ -140,7 +146,9 @@ def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
         return {"text_ids": ids[0], "text_mask": mask[0]}
 
     videos = _frames(run)
-    _finetune(run, RetrievalObjective(run.model, config.downstream.temperature),
+    # paper mode sums the two directions, as the official NormSoftmaxLoss (docs/method.md section 5)
+    reduction = "sum" if config.mask.paper else "mean"
+    _finetune(run, RetrievalObjective(run.model, config.downstream.temperature, reduction),
               _TaskDataset(pairs, videos, encode_pair, True, config.seed), "retrieval")
     test = task_records(run, "retrieval", "eval", load_retrieval)
     scores = score_retrieval(run, test, videos)
@@ -153,7 +161,7 @@ def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.ndarray:
     """Cross-encode every caption with every video (as the official evaluation): (N_text, N_video)."""
     model, batch_size = run.model.eval(), run.config.downstream.eval_batch_size
-    ids, mask = run.tokenizer.encode(list(test.captions), run.config.data.max_text_len)
+    ids, mask = run.tokenizer.encode(list(test.captions), task_text_len(run.config, "retrieval"))
     scores = torch.zeros(len(test.captions), len(test.videos))
     with autocast(run.device, run.config.precision):
         texts, keep = model.embed_text(ids.to(run.device)), mask.to(run.device)
@@ -176,7 +184,7 @@ def _retrieval_pairs(source: Path, split: str, keep: set[str]) -> list[tuple[str
 
 def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
     config = run.config
-    encode = _text_encoder(run.tokenizer, config.data.max_text_len)
+    encode = _text_encoder(run.tokenizer, task_text_len(config, "qa_mc"))
 
     def encode_item(item: McItem) -> dict:
         ids, mask = encode([mc_text(item.question, option) for option in item.options])
@@ -203,13 +211,14 @@ def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
     config = run.config
     tokenizer = run.tokenizer
+    length = task_text_len(config, "qa_oe")
+    length_key = "downstream.max_text_len.qa_oe" if "qa_oe" in config.downstream.max_text_len else "data.max_text_len"
 
     def encode_item(item: OeItem) -> dict:
-        ids, mask = tokenizer.encode([oe_prompt(item.question, tokenizer.decode_token(tokenizer.mask_id))],
-                                     config.data.max_text_len)
+        ids, mask = tokenizer.encode([oe_prompt(item.question, tokenizer.decode_token(tokenizer.mask_id))], length)
         positions = (ids[0] == tokenizer.mask_id).nonzero()
         if len(positions) == 0:
-            raise ValueError(f"{item.key}: question too long for data.max_text_len={config.data.max_text_len}")
+            raise ValueError(f"{item.key}: question too long for {length_key}={length}")
         answer = tokenizer.token_id(item.answer)
         return {"text_ids": ids[0], "text_mask": mask[0], "mask_position": positions[-1, 0],
                 "answer_id": torch.tensor(-100 if answer is None else answer)}
