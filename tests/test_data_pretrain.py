@@ -15,11 +15,10 @@ from mvm_targets.store.reader import CacheReader
 from mvm_targets.synth import build_synthetic_dataset
 from mvm_targets.targets import build_target
 from mvm_targets.targets.flow import flip_flow_horizontal
-from mvm_targets.targets.hog import flip_maskfeat
 from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
-from violet_core.data.augment import (FLIP_EXACT, crop_clip, flip_is_exact, flip_paper_hog, hflip_clip,
-                                      random_grid_crop, temporal_window)
+from violet_core.config import ConfigError
+from violet_core.data.augment import crop_clip, hflip_clip, random_grid_crop, target_augmentation, temporal_window
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
 from violet_core.data.tokenizer import build_tokenizer, load_tokenizer
 from violet_core.target_info import TargetInfo, read_target_infos
@@ -85,7 +84,7 @@ def test_local_bert_folder_loads_offline_and_a_missing_one_says_what_to_do(tmp_p
 
 # ---- augment: flip ---------------------------------------------------------------------------
 
-def test_flip_mirrors_patch_token_and_dense_grids():
+def test_approximate_flip_mirrors_patch_token_and_dense_grids_of_refusing_targets():
     frames = np.zeros((1, 64, 64, 3), np.uint8)
     patch = np.arange(4, dtype=np.float32).reshape(1, 4, 1) * np.ones((1, 1, 3), np.float32)  # patch index
     ids = np.arange(4).reshape(1, 2, 2)  # vq:v1-style ids on the patch grid
@@ -93,47 +92,13 @@ def test_flip_mirrors_patch_token_and_dense_grids():
     dense = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
     infos = [info("sif", "sif", "patch", (1, 4, 3)), info("vq1", "vq", "patch", (1, 2, 2)),
              info("vq", "vq", "token", (1, 8, 8)), info("depth", "depth", "dense", (1, 64, 64))]
-    out = hflip_clip({"frames": frames, "sif": patch, "vq1": ids, "vq": token, "depth": dense}, infos)
+    clip = {"frames": frames, "sif": patch, "vq1": ids, "vq": token, "depth": dense}
+    assert {target_augmentation(i).flip.value for i in infos} == {"refuse"}
+    with pytest.raises(ConfigError, match="'sif'"):
+        hflip_clip(clip, infos)
+    out = hflip_clip(clip, infos, approximate_flips=True)
     assert out["sif"][0, :, 0].tolist() == [1, 0, 3, 2] and out["vq1"][0].tolist() == [[1, 0], [3, 2]]
     assert np.array_equal(out["vq"], token[..., ::-1]) and np.array_equal(out["depth"], dense[..., ::-1])
-    assert FLIP_EXACT == {"pixel", "flow", "depth"} and flip_is_exact(infos[3])
-    assert not flip_is_exact(infos[0]) and not flip_is_exact(info("hog", "hog", "dense", (1, 64, 64)))
-
-
-def ramp_frames(seed: int) -> np.ndarray:
-    """(1, 2, 64, 64, 3) frames whose rows always differ, so no interior pixel has a 0-degree gradient."""
-    rng = np.random.default_rng(seed)
-    rows = 3 * np.arange(64)[:, None, None]
-    return (rows + rng.integers(0, 61, (2, 1, 64, 3)) + rng.integers(0, 2, (2, 64, 64, 3))).astype(np.uint8)[None]
-
-
-def test_hog_flip_is_exact_off_zero_degree_gradients():
-    frames = ramp_frames(0)
-    flipped = np.ascontiguousarray(frames[..., ::-1, :])
-    paper, maskfeat = build_target("hog:paper"), build_target("hog:maskfeat")
-    want, have = paper.compute(flipped)["data"][0], flip_paper_hog(paper.compute(frames)["data"][0])
-    # Rows 0 and 63 have no vertical gradient (skimage zeroes it): their 0-degree pixels stay in bin 0
-    # under a flip, the mirrored target has them in bin 8. Every other cell matches.
-    np.testing.assert_allclose(have[:, 8:-8], want[:, 8:-8], rtol=2e-3, atol=1e-6)
-    assert not np.allclose(have[:, :8], want[:, :8], rtol=2e-3, atol=1e-6)
-    plain = paper.compute(frames)["data"][0][..., ::-1]  # off by one pixel in bin 4's segment
-    assert not np.allclose(plain[:, 8:-8], want[:, 8:-8], rtol=2e-3, atol=1e-6)
-    cells = lambda x: x.reshape(2, 2, 2, 4, 4, 3, 9).transpose(0, 1, 3, 2, 4, 5, 6).reshape(2, 8, 8, 3, 9)
-    want_mf = cells(maskfeat.compute(flipped)["data"][0])
-    have_mf = cells(flip_maskfeat(maskfeat.compute(frames)["data"][0], 64))
-    np.testing.assert_allclose(have_mf[:, 1:-1], want_mf[:, 1:-1], rtol=2e-3, atol=1e-6)
-
-
-def test_hog_flip_of_real_clip_differs_only_in_cells_with_zero_degree_gradients(store):
-    clip = store["reader"][store["reader"].keys[0]]
-    flipped = np.ascontiguousarray(clip["frames"][None, :, :, ::-1])
-    out = hflip_clip(clip, store["infos"])
-    diff = ~np.isclose(out["hog"], build_target("hog:paper").compute(flipped)["data"][0], rtol=2e-3, atol=1e-6)
-    g = flipped[0].astype(np.int32)
-    g_row, g_col = np.zeros_like(g), np.zeros_like(g)
-    g_row[:, 1:-1], g_col[:, :, 1:-1] = g[:, 2:] - g[:, :-2], g[:, :, 2:] - g[:, :, :-2]
-    zero_degree = ((g_row == 0) & (g_col != 0)).any(-1).reshape(T, 8, 8, 8, 8).any(axis=(2, 4))
-    assert diff.any() and not (diff.reshape(T, 8, 8, 8, 8).any(axis=(2, 4)) & ~zero_degree).any()
 
 
 def test_flipped_flow_matches_dis_on_flipped_frames(store):
@@ -219,9 +184,15 @@ def test_flip_through_the_dataset_moves_video_and_targets_together(store):
     assert torch.equal(flipped["targets"]["pixel"], flipped["video"])
     flow0, flow1 = plain["targets"]["flow"], flipped["targets"]["flow"]
     assert torch.equal(flow1[:, 0], -flow0[:, 0].flip(-1)) and torch.equal(flow1[:, 1], flow0[:, 1].flip(-1))
-    assert torch.equal(flipped["targets"]["hog"], torch.from_numpy(flip_paper_hog(plain["targets"]["hog"].numpy())))
-    maskfeat = flip_maskfeat(plain["targets"]["hog:maskfeat"].numpy(), 32)
-    assert torch.equal(flipped["targets"]["hog:maskfeat"], torch.from_numpy(maskfeat))
+    # HOG is recomputed on the flipped window (whole frame), then cropped where the item's crop lies
+    aug = flipped["aug"]
+    window = store["reader"][store["reader"].keys[2]]["frames"][aug["start"]:aug["start"] + 3, :, ::-1]
+    rows, cols = slice(32 * aug["top"], 32 * aug["top"] + 32), slice(32 - 32 * aug["left"], 64 - 32 * aug["left"])
+    for ref in ("hog:paper", "hog:maskfeat"):
+        whole = build_target(ref).compute(np.ascontiguousarray(window)[None])["data"][0]
+        want = whole[:, rows, cols] if ref == "hog:paper" else whole.reshape(3, 2, 2, 432)[:, aug["top"], 1 - aug["left"]]
+        stored = "hog" if ref == "hog:paper" else ref
+        assert np.array_equal(flipped["targets"][stored].numpy().reshape(want.shape), want.astype(np.float32))
 
 
 def test_items_depend_only_on_seed_epoch_and_index(store):

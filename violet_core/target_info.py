@@ -40,6 +40,9 @@ class TargetInfo:
     frames_needed: int = 1  # 2 for pair targets (flow)
     teacher_weights: str = ""  # "pretrained" | "random" | "" (no teacher)
     params: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the stored spec as read from the cache (empty for pixel and hand-built infos); it carries the
+    # target's declared flip/crop behaviour (mvm_targets.targets.spec.augmentation_for)
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -86,5 +89,6 @@ def read_target_infos(reader: CacheReader, refs: list[str] | tuple[str, ...]) ->
             grid=spec["grid"], loss=spec["loss"], clip_shape=tuple(spec["clip_shape"]),
             frames_needed=int(spec.get("frames_needed", 1)),
             teacher_weights=str(attrs.get("teacher_weights", "") or ""), params=dict(spec.get("params") or {}),
+            spec=dict(spec),
         ))
     return infos

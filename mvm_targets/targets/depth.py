@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import register_target
-from mvm_targets.targets.spec import Grid, TargetSpec, check_clip_batch
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, TargetSpec, check_clip_batch,
+                                      register_augmentation)
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -117,6 +118,7 @@ class DepthTarget:
             name="depth", variant=variant, version=DEPTH_VERSION, grid=Grid.DENSE, dtype="float16", loss="l1",
             clip_shape=depth_clip_shape, params=params, model_id=model_id,
             description="DPT relative inverse depth (MiDaS disparity, un-normalised), (T, S, S) float16",
+            augmentation=depth_augmentation(variant, params),
         )
 
     def model(self) -> torch.nn.Module:
@@ -194,6 +196,13 @@ def _dpt_forward(model: torch.nn.Module, input_size: int | None, imagenet: bool,
 @functools.lru_cache(maxsize=None)
 def _sha256_once(path: str) -> str:
     return sha256_of(Path(path))
+
+
+@register_augmentation("depth")
+def depth_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Flips refused: DPT is not flip-equivariant, so the mirrored depth map is not DPT's depth of the
+    mirrored frame. Crops keep whole-frame depth: the ViT sees the whole frame."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="DPT's depth of a mirrored frame is not its mirrored depth map")
 
 
 @register_target("depth", variants=VARIANTS)

@@ -12,16 +12,34 @@
 Both equal skimage 0.26 bit for bit before the float16 cast; `hog_kernels` explains how. On the
 2-core development machine they run at ~2,000-3,000 frames/s at 224^2, against ~10 frames/s for
 skimage's rendering path and ~25 for its three single-channel calls (benchmarks/bench_hog.py).
+
+Augmentations (`hog_augmentation`):
+- Flip: recomputed from the mirrored frames. A flip turns an unsigned orientation theta into
+  (180 - theta) mod 180, so mass in bin i moves to bin n-1-i, except mass at exactly 0 degrees (a
+  pixel with no vertical gradient: every pixel of the first and last rows, flat rows of texture),
+  which stays in bin 0 because bins are half-open [k, k+1) * 180/n. The stored histograms do not say
+  how much of bin 0's mass sat at exactly 0 degrees, so no mapping of the stored target is exact;
+  the paper rendering is not even mirror-symmetric (skimage draws each cell's segments around pixel
+  (cell/2, cell/2), half a pixel off the cell's centre), and a flip reverses the order in which a
+  cell's float32 sums run. The kernels are fast enough to recompute per training item.
+- Crop (aligned with the cells, as every grid-aligned crop is): a cell's value depends only on the
+  pixels of the cell and their 4-neighbours, and skimage sets the gradient across the frame's edge to
+  0. So the stored target restricted to the crop equals the target of the cropped frames in every
+  cell except those touching a crop edge that lies inside the frame (one cell deep).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
 
 import numpy as np
 
 from mvm_targets.targets import hog_kernels
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import PATCH_PX, Grid, TargetSpec
+from mvm_targets.targets.spec import (PATCH_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec,
+                                      register_augmentation)
 
 HOG_VERSION = 1
 VARIANTS = ("paper", "maskfeat")
@@ -72,10 +90,11 @@ class HogTarget:
             grid, clip_shape = Grid.DENSE, (lambda t, s: (t, s, s))
         else:
             grid, clip_shape = Grid.PATCH, (lambda t, s: (t, (s // PATCH_PX) ** 2, per_patch))
+        params = {"orientations": orientations, "cell": cell}
         self.spec = TargetSpec(
             name="hog", variant=variant, version=HOG_VERSION, grid=grid, dtype="float16", loss="l1",
-            clip_shape=clip_shape, params={"orientations": orientations, "cell": cell},
-            description=_DESCRIPTIONS[variant],
+            clip_shape=clip_shape, params=params, description=_DESCRIPTIONS[variant],
+            augmentation=hog_augmentation(variant, params),
         )
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -128,21 +147,46 @@ def mirror_orientation_bins(hist_bins_last: np.ndarray) -> np.ndarray:
     A horizontal flip turns an unsigned gradient orientation theta into 180 - theta, so the bin of
     [i, i+1) * 180/n lands on (n-1-i, n-i] * 180/n: bin n-1-i, except for an orientation exactly on
     a bin edge: 0 degrees (no vertical gradient component) stays in bin 0, and for even n 90 degrees
-    stays in bin n/2 (with 9 bins no other edge is ever hit exactly). The trainer can flip a stored
-    maskfeat target with this plus a flip of the cell grid (see `flip_maskfeat`).
+    stays in bin n/2 (with 9 bins no other edge is ever hit exactly). The histograms do not record
+    which mass sat on an edge, so this mapping is the flipped target only for frames without such
+    pixels; the trainer recomputes HOG on flipped frames instead (module docstring).
     The last axis must be the bins: reshape a flattened maskfeat vector to (..., 3, n) first.
     """
     return np.ascontiguousarray(np.asarray(hist_bins_last)[..., ::-1])
 
 
 def flip_maskfeat(data: np.ndarray, size: int, orientations: int = 9, cell: int = 8) -> np.ndarray:
-    """The maskfeat target of horizontally flipped frames, from the target of the originals:
-    data (..., (S/32)^2, D) -> same shape, with patch columns, cell columns and bins mirrored."""
+    """The naive mirror of a maskfeat target: data (..., (S/32)^2, D) -> same shape, with patch
+    columns, cell columns and bins mirrored. It is the target of the flipped frames only when no
+    pixel has a 0-degree gradient (`mirror_orientation_bins`), which the first and last rows of every
+    frame have; kept to show and measure that, never used to flip a training clip."""
     k = PATCH_PX // cell
     p = size // PATCH_PX
     grid = data.reshape(*data.shape[:-2], p, p, k, k, 3, orientations)
     grid = grid[..., :, ::-1, :, ::-1, :, :]  # patch column, then cell column inside the patch
     return mirror_orientation_bins(grid).reshape(data.shape)
+
+
+@register_augmentation("hog")
+def hog_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Both variants: flips recomputed from the mirrored frames, crops exact one cell away from an
+    inner crop edge (module docstring)."""
+    orientations, cell = int(params.get("orientations", 9)), int(params.get("cell", 8))
+    return Augmentation(
+        flip=FlipRule.RECOMPUTE, recompute=functools.partial(recompute_clip, variant, orientations, cell),
+        crop=CropRule.BORDER, crop_margin_px=cell,
+        note="0-degree gradients stay in bin 0 under a flip, so no mapping of stored histograms is exact")
+
+
+def recompute_clip(variant: str, orientations: int, cell: int, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """One clip's frames (T, S, S, 3) uint8 -> {"data": (T, ...) float16}, what `compute` stores for it."""
+    target = _cached_target(variant, orientations, cell)
+    return {"data": target.compute(np.ascontiguousarray(frames)[None])["data"][0]}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_target(variant: str, orientations: int, cell: int) -> HogTarget:
+    return HogTarget(variant, orientations=orientations, cell=cell)
 
 
 @register_target("hog", variants=VARIANTS)

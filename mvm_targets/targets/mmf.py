@@ -24,7 +24,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -32,7 +32,7 @@ from mvm_targets._compat import import_torchvision
 from mvm_targets.targets import patch_grid
 from mvm_targets.targets.patch_grid import PatchFeatureTarget
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import Grid, TargetSpec
+from mvm_targets.targets.spec import Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
 from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, MissingWeightsError, WeightsEntry, register_weights
 
@@ -145,6 +145,13 @@ class ClipExtractor(patch_grid.ReloadsModelWhenUnpickled):
         return patch_grid.tokens_to_map(tokens, self.native)
 
 
+@register_augmentation("mmf")
+def mmf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Flips refused: CLIP's patch tokens of a mirrored frame are not its mirrored tokens (attention mixes
+    every patch). Crops keep whole-frame tokens for the same reason."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="CLIP's patch tokens of a mirrored frame are not its mirrored tokens")
+
+
 @register_target("mmf", variants=VARIANTS)
 def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
               batch_size: int = 32, post_layernorm: bool | str = False, precision: str = "auto") -> PatchFeatureTarget:
@@ -188,5 +195,6 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         clip_shape=patch_grid.PatchClipShape(dim), params=params, model_id=model_id,
         description=f"CLIP {entry.relative_path} last-layer patch tokens per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
+        augmentation=mmf_augmentation(variant, params),
     )
     return PatchFeatureTarget(spec, extractor, batch_size, precision)

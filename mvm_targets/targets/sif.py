@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -44,7 +44,7 @@ from mvm_targets._compat import import_torchvision
 from mvm_targets.targets import patch_grid
 from mvm_targets.targets.patch_grid import PatchFeatureTarget
 from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError, register_target
-from mvm_targets.targets.spec import Grid, TargetSpec
+from mvm_targets.targets.spec import Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
 from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, MissingWeightsError, WeightsEntry, register_weights)
 
@@ -179,6 +179,13 @@ class TimmExtractor(patch_grid.ReloadsModelWhenUnpickled):
         return self.model.forward_intermediates(x, indices=1, norm=self.norm, intermediates_only=True)[-1]
 
 
+@register_augmentation("sif")
+def sif_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Flips refused: an image model's features of a mirrored frame are not its mirrored features. Crops
+    keep whole-frame features: each patch's feature sees beyond the patch, and the input is resized."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="an image model's features of a mirrored frame are not its mirrored features")
+
+
 @register_target("sif", variants=VARIANTS)
 def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
               batch_size: int = 32, model: str | None = None, norm: bool | str = False,
@@ -235,6 +242,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         clip_shape=patch_grid.PatchClipShape(dim), params=params, model_id=model_id,
         description=f"{model_name} last-stage features per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
+        augmentation=sif_augmentation(variant, params),
     )
     return PatchFeatureTarget(spec, extractor, batch_size, precision)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from mvm_targets.backbones.video_swin import SwinTransformer3D, build_video_swin
 from mvm_targets.backbones.video_swin_weights import load_official_checkpoint
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import PATCH_PX, Grid, TargetSpec
+from mvm_targets.targets.spec import PATCH_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
 from mvm_targets.teachers.runtime import load_teacher, resolve_device, resolve_precision, run_batched
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, WeightsEntry, register_weights, sha256_of
 
@@ -94,6 +94,7 @@ class TVFTarget:
             clip_shape=functools.partial(tvf_clip_shape, channels=channels), params=params, model_id=model_id,
             description=f"Video Swin ({params['arch']}, {params['weights']} weights) features after the final "
                         f"LayerNorm, temporal stride 1: (T, (S/32)^2, {channels}) float16 per clip",
+            augmentation=tvf_augmentation(variant, params),
         )
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1) * 255.0
@@ -118,6 +119,13 @@ class TVFTarget:
         """(b, T, S, S, 3) uint8 -> (b, T, h, w, C)."""
         video = chunk.permute(0, 4, 1, 2, 3).float()  # (b, 3, T, S, S)
         return self.model((video - self._mean) / self._std)
+
+
+@register_augmentation("tvf")
+def tvf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Flips refused: Video Swin's features of a mirrored clip are not its mirrored features. Crops keep
+    whole-clip features: shifted windows and the feature's receptive field cross every crop edge."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="Video Swin's features of a mirrored clip are not its mirrored features")
 
 
 @register_target("tvf", variants=("k600", "k400"))

@@ -26,13 +26,14 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mvm_targets.errors import MvmTargetsError
 from mvm_targets.targets.registry import register_target
-from mvm_targets.targets.spec import PATCH_PX, TOKEN_PX, Grid, TargetSpec, check_clip_batch
+from mvm_targets.targets.spec import (PATCH_PX, TOKEN_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec,
+                                      check_clip_batch, register_augmentation)
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -108,6 +109,7 @@ class VQTarget:
             clip_shape=clip_shape, params=params, model_id=model_id,
             description=f"DALL-E dVAE token ids (argmax of {hparams['vocab_size']} logits), (T, h, w) uint16; "
                         + ("one per 8-px cell" if variant == "v2" else "frame down-sampled 4x, one per 32-px patch"),
+            augmentation=vq_augmentation(variant, params),
         )
 
     def encoder(self) -> torch.nn.Module:
@@ -275,6 +277,14 @@ def _state_sha256_once(path: str, device: str) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+@register_augmentation("vq")
+def vq_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
+    """Flips refused: the dVAE encoder is not flip-equivariant (a mirrored 8-px cell gets another code,
+    not the same one), so mirrored token ids are not the tokens of the mirrored frame. Crops keep the
+    tokens of the whole frame: the encoder's receptive field reaches across token (and crop) borders."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="the dVAE's tokens of a mirrored frame are not its mirrored tokens")
 
 
 @register_target("vq", variants=VARIANTS)

@@ -10,6 +10,15 @@ A clip is the dict `CacheReader[key]` returns, in the STORED layout (numpy, befo
 Only the refs named by the given `TargetInfo`s (and their extras) are transformed; a ref absent from
 the clip is skipped (e.g. "pixel", which the dataset rebuilds from the augmented frames).
 
+How a target follows a flip or a crop is declared by the target's own module
+(`mvm_targets.targets.spec.Augmentation`, read back from the stored spec by `augmentation_for`);
+nothing here depends on which target it is, only on that declaration and on the target's grid:
+    flip "exact"      the module's transform of the stored target (pixel: mirror; flow: mirror, -u)
+    flip "recompute"  the module recomputes the target from the mirrored frames (hog)
+    flip "refuse"     an error, unless approximate flips are asked for: then the stored grid is
+                      mirrored, which is not what the teacher gives on the mirrored clip
+    crop              a plain slice of the target's grid; the module may recompute extras from it
+
 Every function returns a new dict and never writes into the arrays it was given; results may be
 views (negative strides included), so convert with np.ascontiguousarray before torch.from_numpy.
 
@@ -19,136 +28,94 @@ on that grid), so a crop of any target is a plain slice of its grid.
 
 from __future__ import annotations
 
-import functools
+from typing import Iterable
 
 import numpy as np
 
-from mvm_targets.targets.flow import flip_flow_horizontal, max_magnitude
-from mvm_targets.targets.hog import flip_maskfeat
-from mvm_targets.targets.hog_kernels import line_stencil
-from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixels
+from mvm_targets.targets.spec import TOKEN_PX, Augmentation, FlipRule, augmentation_for  # TOKEN_PX: one DALL-E token per 8 px
+from violet_core.config import ConfigError
 from violet_core.target_info import PATCH_PX, TargetInfo
 
 PER_FRAME_META = ("frame_indices", "timestamps")
 
-# Targets for which mirroring the stored target gives the target of the mirrored clip. They are
-# per-pixel geometric quantities, so the mirror is the same quantity seen in a mirror; the stored
-# values remain one estimator's output on the unflipped frames:
-#   pixel  bit-exact.
-#   flow   the mirrored field with u negated is the motion of the mirrored pair. DIS or RAFT run on
-#          the mirrored frames would estimate it slightly differently (they are not flip-equivariant;
-#          for DIS at 64 px the two differ by ~0.01 px end-point error, against ~0.8 px without the
-#          sign change).
-#   depth  likewise for DPT.
-# Not exact:
-#   hog    (both variants) exact except for gradients at exactly 0 degrees (no vertical difference:
-#          every pixel of the first and last image rows, and flat rows of texture). skimage's
-#          half-open bins put them in bin 0 before and after a flip; the mirrored histogram has them
-#          in bin n-1, the other side of the same 0/180 degree edge. On 16 clips of the 224-px
-#          synthetic set up to ~94% of the 8x8 cells hold such a pixel, and the mirrored target
-#          differs from the HOG of the mirrored frames by ~14% (paper) / ~28% (maskfeat) of its L1
-#          mass. Only recomputing HOG on the flipped frames is exact: the stored histograms do not
-#          say how much mass sat exactly at 0 degrees.
-#   sif, tvf, mmf, vq: teacher features and codes are not flip-equivariant (a network's output on a
-#          mirrored frame is not its mirrored output), so mirroring their patch/token grid is an
-#          approximation.
-FLIP_EXACT = frozenset({"pixel", "flow", "depth"})
+
+def target_augmentation(info: TargetInfo) -> Augmentation:
+    """The flip/crop behaviour `info`'s target declares (from its module, else its stored spec)."""
+    return augmentation_for(info.spec or {"name": info.name, "variant": info.variant, "params": info.params})
 
 
-def flip_is_exact(info: TargetInfo) -> bool:
-    """Whether `hflip_clip` mirrors this target into the mirrored clip's target (see FLIP_EXACT)."""
-    return info.name in FLIP_EXACT
+def check_flips(infos: Iterable[TargetInfo], hflip_prob: float, approximate_flips: bool = False) -> None:
+    """Refuse flips of targets that cannot be flipped exactly, unless approximate flips are allowed.
+
+    Raises:
+        ConfigError: `hflip_prob` > 0, `approximate_flips` is off and a target's flip rule is "refuse".
+    """
+    if hflip_prob <= 0 or approximate_flips:
+        return
+    refusing = [(info, target_augmentation(info)) for info in infos]
+    refusing = [(info, aug) for info, aug in refusing if aug.flip is FlipRule.REFUSE]
+    if refusing:
+        names = ", ".join(f"'{info.ref}'" for info, _ in refusing)
+        raise ConfigError(
+            f"'data.hflip_prob': {hflip_prob} flips clips, but target {names} cannot be flipped exactly "
+            f"({refusing[0][1].note}); set data.hflip_prob: 0, or data.approximate_flips: true to mirror the "
+            f"cached target, which is not what the teacher gives on the mirrored clip")
 
 
 # ------------------------------------------------------------------------------------------------
 # Horizontal flip
 
-def hflip_clip(clip: dict, infos: list[TargetInfo]) -> dict:
-    """Mirror the frames and every target left-right.
+def hflip_clip(clip: dict, infos: list[TargetInfo], approximate_flips: bool = False) -> dict:
+    """Mirror the frames left-right, and every target as its module declares (module docstring).
 
-    - DENSE maps flip their last (width) axis; flow also negates u (`flip_flow_horizontal`).
-    - hog:paper mirrors within the 8-px cell layout of skimage's rendering (`flip_paper_hog`).
-    - hog:maskfeat mirrors patch columns, cell columns and orientation bins (`flip_maskfeat`).
-    - other PATCH targets mirror the patch columns of the h x w grid; TOKEN grids flip columns.
-    - extras and per-frame metadata are unchanged (a maximum |flow| is flip-invariant).
+    With `approximate_flips`, targets that refuse flips are mirrored on their grid (DENSE: the width
+    axis; PATCH: the patch columns, vectors unchanged; TOKEN: the token columns), extras unchanged.
 
-    Which of these are exact and which approximate (hog at 0-degree gradients, teacher features): see
-    FLIP_EXACT.
+    Raises:
+        ConfigError: a target refuses flips and `approximate_flips` is off.
+        ValueError: a recomputed target does not have the stored target's shape.
     """
     out = dict(clip)
-    out["frames"] = clip["frames"][:, :, ::-1]
+    frames = clip["frames"][:, :, ::-1]
+    out["frames"] = frames
     size = clip["frames"].shape[1]
     for info in infos:
-        if info.ref in clip:
-            out[info.ref] = _flip_target(info, clip[info.ref], size)
-    return out
-
-
-def flip_paper_hog(data: np.ndarray, orientations: int = 9, cell: int = 8) -> np.ndarray:
-    """(..., S, S) hog:paper rendering -> the rendering of the mirrored frame (up to the 0-degree
-    bin edge, see FLIP_EXACT).
-
-    skimage draws each cell's bin segments around pixel (cell/2, cell/2), half a pixel right of the
-    cell's centre, so a mirrored segment sits one column left of where skimage would draw it. Most
-    segments are still the mirror image of the bin they move to (integer truncation of the end
-    points), but with 9 bins and 8-px cells the horizontal segment of bin 4 is not: its end pixel
-    lands in column 0 of the cell instead of column 7, and a plain mirror is wrong there. Those pixels
-    are moved back here; when another configuration's segments cannot be fixed by such single-pixel
-    moves the plain mirror is returned.
-    """
-    out = np.ascontiguousarray(data[..., ::-1])
-    for row, src, dst in _paper_hog_moves(orientations, cell) or ():
-        moved = out[..., row::cell, src::cell].copy()
-        out[..., row::cell, src::cell] = 0
-        out[..., row::cell, dst::cell] = moved
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def _paper_hog_moves(orientations: int, cell: int) -> tuple[tuple[int, int, int], ...] | None:
-    """Cell-local pixel moves (row, from_col, to_col) that turn the mirrored rendering into the
-    rendering of the mirrored histograms; None when single-pixel moves cannot do it."""
-    stencil = line_stencil(orientations, cell).astype(bool)
-    mirrored = stencil[:, :, ::-1]
-    # After a flip, bin o carries what bin n-1-o held, so the mirrored segment of bin o must become
-    # the segment that bin n-1-o is drawn with.
-    wanted = stencil[::-1]
-    moves = []
-    for o in range(orientations):
-        extra, missing = mirrored[o] & ~wanted[o], wanted[o] & ~mirrored[o]
-        if not extra.any() and not missing.any():
+        if info.ref not in clip:
             continue
-        if extra.sum() != 1 or missing.sum() != 1:
-            return None
-        (r0, c0), (r1, c1) = np.argwhere(extra)[0], np.argwhere(missing)[0]
-        # The move is safe only if no other segment touches either pixel (values there are one bin's).
-        if r0 != r1 or mirrored[:, r0, c0].sum() != 1 or wanted[:, r0, c0].any() \
-                or wanted[:, r1, c1].sum() != 1 or mirrored[:, r1, c1].any():
-            return None
-        moves.append((int(r0), int(c0), int(c1)))
-    return tuple(moves)
+        aug = target_augmentation(info)
+        data, extras = clip[info.ref], _extras(clip, info.ref)
+        if aug.flip is FlipRule.EXACT:
+            data, extras = aug.mirror(data, extras)
+        elif aug.flip is FlipRule.RECOMPUTE:
+            fresh = dict(aug.recompute(np.ascontiguousarray(frames)))
+            recomputed = fresh.pop("data")
+            if recomputed.shape != data.shape:
+                raise ValueError(f"target {info.ref}: recomputed on the flipped frames with shape {recomputed.shape}, "
+                                 f"but the cache holds {data.shape}")
+            data, extras = recomputed, {**extras, **fresh}
+        elif approximate_flips:
+            data = _mirror_grid(info, data, size)
+        else:
+            check_flips([info], 1.0, approximate_flips)
+        out[info.ref] = data
+        out.update({f"{info.ref}/{name}": value for name, value in extras.items()})
+    return out
 
 
-def _flip_target(info: TargetInfo, data: np.ndarray, size: int) -> np.ndarray:
-    if info.grid == "dense":
-        if info.name == "flow":
-            return flip_flow_horizontal(data)
-        if info.name == "hog" and info.variant == "paper":
-            return flip_paper_hog(data, **_hog_params(info))
+def _mirror_grid(info: TargetInfo, data: np.ndarray, size: int) -> np.ndarray:
+    """The stored target mirrored on its grid (what approximate flips do)."""
+    if info.grid in ("dense", "token"):
         return data[..., ::-1]
     if info.grid == "patch":
-        side = size // PATCH_PX
-        if info.name == "hog" and info.variant == "maskfeat":
-            return flip_maskfeat(data, side * PATCH_PX, **_hog_params(info))
-        grid, restore = _patch_grid(data, side, info)
+        grid, restore = _patch_grid(data, size // PATCH_PX, info)
         return restore(grid[:, :, ::-1])
-    if info.grid == "token":
-        return data[..., ::-1]
     raise ValueError(f"target {info.ref}: unknown grid {info.grid!r}")
 
 
-def _hog_params(info: TargetInfo) -> dict[str, int]:
-    return {"orientations": int(info.params.get("orientations", 9)), "cell": int(info.params.get("cell", 8))}
+def _extras(clip: dict, ref: str) -> dict[str, np.ndarray]:
+    """The clip's extras of target `ref`, by bare name ("flow/max_magnitude" -> "max_magnitude")."""
+    prefix = f"{ref}/"
+    return {name[len(prefix):]: value for name, value in clip.items() if name.startswith(prefix)}
 
 
 def _patch_grid(data: np.ndarray, side: int, info: TargetInfo):
@@ -170,12 +137,12 @@ def crop_clip(clip: dict, infos: list[TargetInfo], top_patch: int, left_patch: i
     """Crop patches [top, top+n) x [left, left+n) of the 32-px grid from the frames and every target.
 
     DENSE targets are cropped in pixels, PATCH targets on their h x w grid, TOKEN targets 4 cells per
-    patch. Crop and stored target commute exactly: cropped values are the stored values (computed on
-    the full frame), not a recomputation on the cropped frame, which would differ at the crop border
-    for targets with spatial support (HOG's gradients, flow, teacher receptive fields).
-    "flow/max_magnitude" is recomputed on the cropped flow, so the 50-px pair rule looks at the motion
-    inside the crop, as VIOLETv2 (which computes flow on the cropped clip) does (from the float16
-    values, so it may exceed the stored float32-based maximum by a float16 rounding); other extras are kept.
+    patch. Cropped values are the stored values (computed on the full frame), not a recomputation on
+    the cropped frames; how far the two agree is the target's declared crop rule ("exact": everywhere;
+    "border": except within a margin of the crop edges inside the frame; "context": in general
+    nowhere). A target's module may recompute its extras from the cropped target (flow's per-pair
+    largest magnitude, so that the 50-px pair rule looks at the motion inside the crop); other extras
+    are kept.
     """
     size = clip["frames"].shape[1]
     side = size // PATCH_PX
@@ -203,8 +170,10 @@ def crop_clip(clip: dict, infos: list[TargetInfo], top_patch: int, left_patch: i
         else:
             raise ValueError(f"target {info.ref}: unknown grid {info.grid!r}")
         whole = (top_patch, left_patch, size_patches) == (0, 0, side)
-        if info.name == "flow" and f"{info.ref}/max_magnitude" in clip and not whole:
-            out[f"{info.ref}/max_magnitude"] = max_magnitude(out[info.ref])
+        extras = _extras(clip, info.ref)
+        crop_extras = target_augmentation(info).crop_extras
+        if extras and crop_extras is not None and not whole:
+            out.update({f"{info.ref}/{name}": value for name, value in crop_extras(out[info.ref], extras).items()})
     return out
 
 

@@ -7,7 +7,10 @@ One item, for T frames of S x S pixels and L text tokens (layout of targets: vio
     extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
-Augmentation, in order: a temporal window of T frames, a grid-aligned S-px crop, a horizontal flip.
+Augmentation: a temporal window of T frames, a grid-aligned S-px crop and a horizontal flip. The
+item is the crop of the flipped window: a flip is applied to the whole window first (a target that
+is recomputed on flipped frames sees the whole frame, as the stored target did) and the crop is then
+taken at the mirrored position, which gives the same pixels as flipping the crop.
 Every random draw comes from a generator seeded by (seed, epoch, index, draw), so an item depends on
 nothing else: not on worker count, worker id or the order in which items are fetched.
 """
@@ -24,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
-from violet_core.data.augment import check_crop_size, crop_clip, hflip_clip, random_grid_crop, temporal_window
+from violet_core.data.augment import check_crop_size, check_flips, crop_clip, hflip_clip, temporal_window
 from violet_core.data.tokenizer import TextTokenizer
 from violet_core.target_info import PATCH_PX, TargetInfo
 
@@ -50,6 +53,8 @@ class PretrainDataset(Dataset):
         size: S per item, a multiple of 32 at most the cached size.
         max_text_len: L, [CLS] and [SEP] included.
         hflip_prob: probability of a horizontal flip.
+        approximate_flips: mirror targets that refuse flips (their cached values, not the teacher's
+            output on the mirrored clip); off, such a target with `hflip_prob` > 0 is a ConfigError.
         random_crop: random grid-aligned crop when S is below the cached size, else the centre crop.
         random_window: random temporal window when T is below the cached T, else the centre window.
         seed: base of every random draw.
@@ -57,11 +62,13 @@ class PretrainDataset(Dataset):
 
     def __init__(self, reader: CacheReader, infos: list[TargetInfo], tokenizer: TextTokenizer, keys: list[str],
                  num_frames: int, size: int, max_text_len: int = 32, hflip_prob: float = 0.5,
-                 random_crop: bool = True, random_window: bool = True, seed: int = 0) -> None:
+                 random_crop: bool = True, random_window: bool = True, seed: int = 0,
+                 approximate_flips: bool = False) -> None:
         self.reader, self.tokenizer = reader, tokenizer
         self.keys = list(keys)
         self.num_frames, self.size, self.max_text_len = num_frames, size, max_text_len
         self.hflip_prob, self.random_crop, self.random_window = hflip_prob, random_crop, random_window
+        self.approximate_flips = approximate_flips
         self.seed, self.epoch = seed, 0
         self.cached_frames, self.cached_size = cached_geometry(reader)
         self._check_args()
@@ -73,6 +80,7 @@ class PretrainDataset(Dataset):
             logger.info("%s: 1-frame items (images); leaving out the targets that need a video: %s",
                         _cache_name(reader), ", ".join(self.skipped_refs))
         self._check_keys_and_targets()
+        check_flips(self.infos, self.hflip_prob, self.approximate_flips)
 
     def set_epoch(self, epoch: int) -> None:
         """Draws for `epoch`. Call before the epoch's DataLoader iterator is created: persistent
@@ -95,11 +103,12 @@ class PretrainDataset(Dataset):
             top, left = (int(v) for v in self._rng(index, _CROP).integers(0, side - wanted + 1, size=2))
         else:
             top = left = (side - wanted) // 2
-        if wanted != side:
-            clip = crop_clip(clip, stored, top, left, wanted)
         flip = self.hflip_prob > 0 and bool(self._rng(index, _FLIP).random() < self.hflip_prob)
         if flip:
-            clip = hflip_clip(clip, stored)
+            clip = hflip_clip(clip, stored, self.approximate_flips)
+        if wanted != side:
+            # columns [left, left + n) of the frame are columns [side - left - n, side - left) of its mirror
+            clip = crop_clip(clip, stored, top, side - left - wanted if flip else left, wanted)
 
         video = normalize_frames(clip["frames"])
         captions = clip["captions"]
