@@ -36,6 +36,9 @@ class DataConfig:
     size: int = 224  # training crop; grid-aligned random crop when the cache is larger
     max_text_len: int = 32
     hflip_prob: float = 0.5
+    # flip targets that refuse flips anyway: mirrors the cached target, which is not what the teacher
+    # gives on the mirrored clip (off: such a run stops before training and says so)
+    approximate_flips: bool = False
     random_crop: bool = True
     num_workers: int = 0
     tokenizer: str | None = None  # local bert-base-uncased folder; None trains a WordPiece on the captions

@@ -27,6 +27,7 @@ from mvm_targets.store.schema import code_version
 from violet_core import distributed
 from violet_core.batching import batch_stream
 from violet_core.config import RunConfig, load_config, save_config
+from violet_core.data.augment import check_flips
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
 from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, task_corpus
@@ -64,6 +65,7 @@ class Run:
         self.reader = CacheReader(Path(data.cache), data.dataset, targets=list(config.mvm.targets),
                                   frames_id=data.frames_id)
         self.infos: list[TargetInfo] = read_target_infos(self.reader, list(config.mvm.targets))
+        check_flips(self.infos, data.hflip_prob, data.approximate_flips)  # before any training
         self.tokenizer = self._tokenizer()
         self.model = Violet(config.model, self.tokenizer.vocab_size, data.max_text_len, self.infos,
                             config.mvm.normalization, config.mvm.flow_max_magnitude,
@@ -97,7 +99,8 @@ class Run:
         keys = split_keys(Path(config.data.source), "train", self.reader.keys)
         dataset = PretrainDataset(self.reader, self.infos, self.tokenizer, keys, config.data.num_frames,
                                   config.data.size, config.data.max_text_len, config.data.hflip_prob,
-                                  config.data.random_crop, seed=config.seed)
+                                  config.data.random_crop, seed=config.seed,
+                                  approximate_flips=config.data.approximate_flips)
         sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper,
                               video_without_mvm=config.mask.video_without_mvm)
         objective = PretrainObjective(self.model, sampler, self.tokenizer.mask_id, config.pretrain.vtm_negatives,
