@@ -97,13 +97,16 @@ def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, o
 def report(runs: list[Path] = typer.Argument(None, help="run directories or runs roots (default: runs/)"),
            out: Path = typer.Option(Path("report"), "--out", help="folder for the CSVs, markdown and charts"),
            baseline: list[str] = typer.Option([], "--baseline", help="KEY=VALUE of the baseline cell; repeatable"),
-           grid: Optional[Path] = typer.Option(None, "--grid", help="grid YAML: flags cells that never ran")) -> None:
-    """Mean ± s.e. per cell over seeds and the paired delta to the baseline, as CSV, markdown and charts."""
+           grid: Optional[Path] = typer.Option(None, "--grid", help="grid YAML: flags cells that never ran"),
+           bootstrap: int = typer.Option(0, "--bootstrap", min=0,
+                                         help="N > 0: bootstrap intervals (N resamples of seeds) and the IQM")) -> None:
+    """Protocol card, then per cell over seeds mean with 95 % t-interval and the paired Δ to the baseline
+    (t-interval, sign-flip p-value), as CSV, markdown and charts."""
     from ablations.report import report_main
     from ablations.runner import parse_sets
 
     chosen = parse_sets(baseline) if baseline else None
-    written = report_main(list(runs) if runs else [Path("runs")], out, chosen, grid=grid)
+    written = report_main(list(runs) if runs else [Path("runs")], out, chosen, grid=grid, bootstrap=bootstrap)
     for path in written:
         typer.echo(str(path))
 

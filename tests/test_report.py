@@ -205,21 +205,26 @@ def test_write_report_files_parse_back(runs_root, tmp_path):
 
     markdown = (out / "report.md").read_text()
     assert f"## {R1} (chance 1.00)" in markdown
-    assert "| none (baseline) | 12.00 ± 1.15 (3) | +0.00 ± 0.00 (3) |" in markdown
-    assert "| hog | 16.00 ± 2.08 (3) | +4.00 ± 1.00 (3) |" in markdown
-    assert "| sif | 25.00 ± n/a (1) | +15.00 ± n/a (1) |" in markdown
+    # t(0.975, 2) = 4.3027 (tables): none 12 -/+ 4.3027 * 1.1547, hog delta 4 -/+ 4.3027 * 1;
+    # hog's differences 3, 3, 6: only the all-plus and all-minus of 8 sign patterns reach |mean| 4, p = 2/8
+    assert "| none (baseline) | 3 | 12.00 | [7.03, 16.97] | 2.00 | 1.15 | — | — | — | — |" in markdown
+    assert "| hog | 3 | 16.00 | [7.04, 24.96] | 3.61 | 2.08 | +4.00 | [-0.30, +8.30] | 0.250 | 3 |" in markdown
+    assert "| sif | 1 | 25.00 | n/a | n/a | n/a | +15.00 | n/a | 1.000 | 1 |" in markdown
+    assert "*s.e.* = sd / √seeds (a spread, not an interval)" in markdown
+    assert "whiskers the 95 % t-interval" in markdown and "![retrieval/R@1](retrieval_R@1.png)" in markdown
     assert "paired by seed" in markdown
     assert "numbers with random teachers are not meaningful" in markdown
     assert "missing cell target=depth" in markdown  # labels from run.json name the columns
     assert {f.kind for f in report.flags} == {"missing_cell", "incomplete_cell", "random_teacher", "mixed_code",
-                                             "failed_run"}
+                                             "failed_run", "unpaired"}
 
 
 def test_report_main_reads_baseline_from_run_json(runs_root, tmp_path):
     files = report_main([runs_root], tmp_path / "out")
     assert {p.name for p in files} == {"summary.csv", "comparison.csv", "report.md", "retrieval_R@1.png"}
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "| target | mean ± s.e. (n) | Δ vs baseline (n pairs) |" in markdown
-    assert "| hog | 16.00 ± 2.08 (3) | +4.00 ± 1.00 (3) |" in markdown
+    assert "| target | seeds | mean | 95 % CI (t) | sd | s.e. | Δ vs baseline | Δ 95 % CI (t) | p (sign-flip) | pairs |" \
+        in markdown
+    assert "| hog | 3 | 16.00 | [7.04, 24.96] | 3.61 | 2.08 | +4.00 | [-0.30, +8.30] | 0.250 | 3 |" in markdown
     with pytest.raises(ValueError, match="no run directories"):
         report_main([tmp_path / "out"], tmp_path / "out2")
