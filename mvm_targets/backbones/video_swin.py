@@ -217,7 +217,16 @@ class Mlp(nn.Module):
 
 
 class WindowAttention3D(nn.Module):
-    """Multi-head self-attention inside 3-D windows, with a learned relative position bias."""
+    """Multi-head self-attention inside 3-D windows, with a learned relative position bias.
+
+    `fused` (default) runs `F.scaled_dot_product_attention` with the position bias and the shift
+    mask summed into one additive float mask; `fused = False` runs the official formula
+    softmax(q k^T * head_dim^-0.5 + bias + mask) v with the attention matrix materialised. Both
+    compute the same function (tests/test_video_swin_sdpa.py); `SwinTransformer3D.set_fused_attention`
+    switches every block of a model, e.g. to benchmark one against the other.
+    """
+
+    fused: bool = True
 
     def __init__(self, dim: int, window_size: Triple, num_heads: int, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -247,21 +256,45 @@ class WindowAttention3D(nn.Module):
         return self.relative_position_bias_table[index].view(tokens, tokens, -1).permute(2, 0, 1)
 
     def forward(self, windows: Tensor, mask: Tensor | None = None) -> Tensor:
-        """windows: (B * nW, N, C); mask: (nW, N, N) additive or None -> (B * nW, N, C)."""
+        """windows: (B * nW, N, C), clip-major as `window_partition` makes them; mask: (nW, N, N)
+        additive, or None for unshifted windows -> (B * nW, N, C)."""
         batch_windows, tokens, channels = windows.shape
-        qkv = self.qkv(windows).view(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * nW, heads, N, head_dim)
-        bias = self.position_bias(tokens).unsqueeze(0).to(q.dtype)  # (1, heads, N, N)
+        heads = self.num_heads
+        head_dim = channels // heads
+        num_windows = 1 if mask is None else mask.shape[0]
+        if batch_windows % num_windows:
+            raise ValueError(f"{batch_windows} windows are not a whole number of clips of {num_windows} windows")
+        clips = batch_windows // num_windows
+        qkv = self.qkv(windows).view(clips, num_windows, tokens, 3, heads, head_dim)
+        # Windows fold into the head axis, (B, nW * heads, N, head_dim), so that one
+        # (1, nW * heads, N, N) mask broadcasts over the clips: fused kernels read a batch-broadcast
+        # mask in place (and keep only that for the backward pass), where a per-window mask on a
+        # (B * nW)-long batch axis would have to be materialised B times.
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, clips, num_windows * heads, tokens, head_dim).unbind(0)
+        bias = self.position_bias(tokens).to(q.dtype)  # (heads, N, N)
         if mask is not None:
-            num_windows = mask.shape[0]
-            bias = bias + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
-            # windows are batch-major (b, w): repeat the per-window bias for every clip
-            bias = bias.repeat(batch_windows // num_windows, 1, 1, 1)
-        # SDPA scales by head_dim ** -0.5 like the official code and can use fused kernels
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(batch_windows, tokens, channels)
-        return self.proj_drop(self.proj(out))
+            bias = bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        bias = bias.reshape(1, num_windows * heads, tokens, tokens)
+        dropout = self.attn_drop if self.training else 0.0
+        if self.fused:
+            # SDPA's default scale is head_dim ** -0.5, the official one
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        else:
+            out = explicit_attention(q, k, v, bias, dropout)
+        out = out.view(clips, num_windows, heads, tokens, head_dim).permute(0, 1, 3, 2, 4)
+        return self.proj_drop(self.proj(out.reshape(batch_windows, tokens, channels)))
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float = 0.0) -> Tensor:
+    """softmax(q k^T * head_dim^-0.5 + bias) v with the attention matrix materialised (the official code).
+
+    q, k, v: (..., N, head_dim); bias broadcastable to (..., N, N) -> (..., N, head_dim).
+    """
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
+    attn = attn.softmax(dim=-1)
+    if dropout:
+        attn = F.dropout(attn, dropout)
+    return attn @ v
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -413,6 +446,13 @@ class SwinTransformer3D(nn.Module):
         """Recompute each block's activations in the backward pass (saves memory when training)."""
         for layer in self.layers:
             layer.grad_checkpointing = enable
+
+    def set_fused_attention(self, enable: bool = True) -> None:
+        """Window attention through `F.scaled_dot_product_attention` (True, the default) or the
+        explicit softmax formula (False); the two compute the same values."""
+        for module in self.modules():
+            if isinstance(module, WindowAttention3D):
+                module.fused = enable
 
     def forward_features(self, x: Tensor, norm: bool = True) -> Tensor:
         """(B, 3, T, H, W) -> (B, T', H/32, W/32, C_last); `norm=False` skips the final LayerNorm."""
