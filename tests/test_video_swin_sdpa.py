@@ -1,4 +1,5 @@
-"""Fused window attention (F.scaled_dot_product_attention) against the explicit formula.
+"""Fused attention (F.scaled_dot_product_attention) against the explicit formulas: the Video Swin
+window attention, and the BERT fusion encoder against its eager implementation.
 
 The oracle is written out here, per window and head, in float64:
     out = proj(concat_h softmax(q_h k_h^T / sqrt(d) + B_h + M_w) v_h)
@@ -167,3 +168,70 @@ def test_windows_are_clip_major():
     windows = window_partition(x, (2, 2, 2))  # 4 windows per clip
     assert windows.shape == (8, 8, 1)
     assert (windows[:4] < 32).all() and (windows[4:] >= 32).all()  # 32 values per clip
+
+
+# --- the fusion encoder: BERT with SDPA against BERT with eager attention -----------------------
+
+
+def _violets() -> tuple[torch.nn.Module, torch.nn.Module]:
+    from violet_core.config import ModelConfig
+    from violet_core.model import Violet
+
+    config = ModelConfig(hidden=32, layers=2, heads=4, intermediate=64, dropout=0.0)
+    torch.manual_seed(0)
+    fused = Violet(config, vocab_size=60, max_text_len=10)
+    eager = Violet(config, vocab_size=60, max_text_len=10, attention_weights=True)
+    eager.load_state_dict(fused.state_dict())
+    return fused, eager
+
+
+def test_fusion_encoder_sdpa_equals_eager_with_padding(monkeypatch):
+    fused, eager = _violets()
+    assert fused.bert.config._attn_implementation == "sdpa"
+    assert eager.bert.config._attn_implementation == "eager"
+    generator = torch.Generator().manual_seed(1)
+    video_tokens = torch.randn(3, 2 * (1 + 4), 32, generator=generator)  # 2 frames of 2 x 2 patches
+    ids = torch.randint(5, 60, (3, 10), generator=generator)
+    keep = torch.ones(3, 10, dtype=torch.long)
+    keep[0, 6:] = 0  # padded texts of different lengths, and one without padding
+    keep[1, 3:] = 0
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    kept = torch.cat([torch.ones(3, 10, dtype=torch.bool), keep.bool()], dim=1)
+    weights = torch.randn(int(kept.sum()), 32, generator=generator)
+    outputs, grads = [], []
+    for model in (fused, eager):
+        model.train()  # dropout is 0: train mode is deterministic and exercises the training path
+        text = model.embed_text(ids)
+        out = model.fuse(video_tokens, text, keep)
+        (out[kept] * weights).sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.bert.encoder.named_parameters()})
+        if model is fused:
+            assert len(calls) == 2  # one fused call per layer
+    assert len(calls) == 2  # and none in the eager model
+    torch.testing.assert_close(outputs[0][kept], outputs[1][kept], rtol=1e-5, atol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_padded_text_does_not_reach_kept_positions():
+    """The padding mask works in the fused path: changing padded tokens changes no kept output."""
+    fused, _ = _violets()
+    fused.eval()
+    generator = torch.Generator().manual_seed(2)
+    video_tokens = torch.randn(2, 10, 32, generator=generator)
+    text = torch.randn(2, 10, 32, generator=generator)
+    keep = torch.ones(2, 10, dtype=torch.long)
+    keep[:, 4:] = 0
+    changed = text.clone()
+    changed[:, 4:] += 5.0
+    with torch.no_grad():
+        a, b = fused.fuse(video_tokens, text, keep), fused.fuse(video_tokens, changed, keep)
+    kept = torch.cat([torch.ones(2, 10, dtype=torch.bool), keep.bool()], dim=1)
+    torch.testing.assert_close(a[kept], b[kept], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a[~kept], b[~kept])  # the padded positions themselves do change

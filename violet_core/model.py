@@ -97,9 +97,10 @@ class Violet(nn.Module):
             vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
             num_attention_heads=config.heads, intermediate_size=config.intermediate,
             hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-            max_position_embeddings=max(512, max_text_len), initializer_range=config.init_std)
-        # eager attention exposes the attention probabilities that attended masking (AM) samples from
-        bert_config._attn_implementation = "eager" if attention_weights else "sdpa"
+            max_position_embeddings=max(512, max_text_len), initializer_range=config.init_std,
+            # fused F.scaled_dot_product_attention; eager attention exposes the attention
+            # probabilities that attended masking (AM) samples from
+            attn_implementation="eager" if attention_weights else "sdpa")
         self.video = VideoEncoder(config)
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.mlm_head = BertOnlyMLMHead(bert_config)
