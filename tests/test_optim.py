@@ -67,3 +67,39 @@ def test_frozen_backbone_gives_the_same_forward_values(model):
 def test_warmup_then_linear_decay():
     factor = warmup_linear(steps=10, warmup_ratio=0.2)
     assert [round(factor(s), 4) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+
+
+def test_adamw_kernel_is_fused_only_when_every_parameter_is_on_cuda():
+    from violet_core.optim import adamw_kernel
+
+    assert adamw_kernel({"cuda"}) == {"fused": True}
+    assert adamw_kernel({"cpu"}) == {"foreach": True}
+    assert adamw_kernel({"cuda", "cpu"}) == {"foreach": True}
+
+
+def test_built_optimizer_takes_the_adamw_update_of_the_formula():
+    """Three steps of the built optimizer (foreach on CPU) against AdamW written out:
+    p <- p (1 - lr wd);  p <- p - lr m_hat / (sqrt(v_hat) + eps), bias-corrected moments."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)  # a 2-D weight (decayed) and a 1-D bias (not decayed)
+    config = OptimConfig(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98))
+    optimizer = build_optimizer(layer, config)
+    assert optimizer.defaults["foreach"] is True and not optimizer.defaults.get("fused")
+    expected = {name: p.detach().double().clone() for name, p in layer.named_parameters()}
+    moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in expected.items()}
+    (b1, b2), eps = config.betas, 1e-8
+    generator = torch.Generator().manual_seed(1)
+    for step in range(1, 4):
+        optimizer.zero_grad()
+        layer(torch.randn(5, 4, generator=generator)).square().sum().backward()
+        for name, param in layer.named_parameters():
+            grad = param.grad.double()
+            m, v = moments[name]
+            m.mul_(b1).add_((1 - b1) * grad)
+            v.mul_(b2).add_((1 - b2) * grad * grad)
+            decay = config.weight_decay if param.ndim >= 2 else 0.0
+            p = expected[name] * (1 - config.lr * decay)
+            expected[name] = p - config.lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps)
+        optimizer.step()
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(param.detach().double(), expected[name], rtol=1e-6, atol=1e-7)
