@@ -9,7 +9,6 @@ Pairs with none: seeds 0, 1, 2 -> differences 4, 3, 4; seed 3 only in none, seed
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ablations.grid import format_value
 from ablations.report.flags import counted
-from ablations.report.load import cell_name, cell_of, config_value, natural, parse_json, render_factor
+from ablations.report.load import cell_name, cell_of, config_value, is_number, natural, parse_json, render_factor
 
 # The paper's protocol as its official code (tsujuifu/pytorch_empirical-mvm) runs it; keys are this
 # project's config keys, or a name of our own where no single key holds the setting.
@@ -116,56 +116,61 @@ def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any
     if not configs:
         return ProtocolCard(base_text, [], axes, [], [], note="no config.yaml in the base cell's runs: "
                                                                "settings and deviations unknown")
-    return ProtocolCard(base_text, _settings(configs, members, done), axes, *_compare(configs, members, done))
+    cfg = _Configs(configs, members)
+    return ProtocolCard(base_text, _settings(cfg, members, done), axes, *_compare(cfg, done))
 
 
-def _values(configs: Sequence[Mapping[str, Any]], key: str, default: Any = None) -> list[Any]:
-    """The distinct values of `key` across the base cell's configs (several when a factor is pooled)."""
-    seen: dict[str, Any] = {}
-    for config in configs:
-        value = config_value(config, key, default)
-        seen.setdefault(repr(tuple(value) if isinstance(value, list) else value), value)
-    return list(seen.values())
+class _Configs:
+    """The base cell's configs, read key by key: the distinct values of a key (several when a factor
+    is pooled out of the rows), plus derived settings no single key holds (`EFFECTIVE`)."""
+
+    def __init__(self, configs: Sequence[Mapping[str, Any]], members: Sequence[Mapping[str, Any]]) -> None:
+        # batch_size is per process; final.json's world_size says how many processes a run had
+        worlds = [int(r["world_size"]) for r in members if is_number(r.get("world_size")) and r["world_size"] > 0]
+        self.world = max(worlds) if worlds else None
+        self.configs = configs
+
+    def values(self, key: str, default: Any = None) -> list[Any]:
+        read = EFFECTIVE.get(key)
+        seen: dict[str, Any] = {}
+        for config in self.configs:
+            value = read(config, self.world) if read else config_value(config, key, default)
+            seen.setdefault(repr(tuple(value) if isinstance(value, list) else value), value)
+        return list(seen.values())
+
+    def text(self, key: str, default: Any = None) -> str:
+        return " / ".join(_one(v) for v in self.values(key, default))
+
+    def any(self, key: str, test: Any) -> bool:
+        return any(test(v) for v in self.values(key))
 
 
-def _text(values: Sequence[Any]) -> str:
-    return " / ".join(_one(v) for v in values)
+def _paper_mode(config: Mapping[str, Any], key: str) -> Any:
+    return RELEASED_P_MASK if config_value(config, "mask.paper", False) else config_value(config, key)
+
+
+EFFECTIVE = {  # settings derived from several keys: (config, world size or None) -> value
+    "finetune.frames": lambda c, w: config_value(c, "downstream.num_frames") or config_value(c, "data.num_frames"),
+    "mask.video_ratio": lambda c, w: _paper_mode(c, "mask.ratio"),
+    "mask.text_ratio_run": lambda c, w: _paper_mode(c, "mask.text_ratio"),
+    "pretrain.batch": lambda c, w: config_value(c, "pretrain.optim.batch_size") * w if w else None,
+}
 
 
 def _one(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "+".join(map(str, value)) if value else "none"
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value)  # shortest exact form: 1.0, 0.05, 5e-05
     return format_value(value)
 
 
 def _same(value: Any, paper: Any) -> bool:
     if isinstance(paper, float) or isinstance(value, float):
-        return isinstance(value, (int, float)) and math.isclose(float(value), float(paper), rel_tol=1e-9)
+        return is_number(value) and math.isclose(float(value), float(paper), rel_tol=1e-9)
     if isinstance(paper, tuple):
         return isinstance(value, (list, tuple)) and tuple(value) == paper
     return value == paper
-
-
-def _frames_finetune(config: Mapping[str, Any]) -> Any:
-    return config_value(config, "downstream.num_frames") or config_value(config, "data.num_frames")
-
-
-def _video_ratio(config: Mapping[str, Any]) -> Any:
-    return RELEASED_P_MASK if config_value(config, "mask.paper", False) else config_value(config, "mask.ratio")
-
-
-def _text_ratio(config: Mapping[str, Any]) -> Any:
-    return RELEASED_P_MASK if config_value(config, "mask.paper", False) else config_value(config, "mask.text_ratio")
-
-
-def _batch(config: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> int | None:
-    # batch_size is per process; final.json's world_size says how many processes a run had
-    worlds = {int(r["world_size"]) for r in members if isinstance(r.get("world_size"), (int, float))
-              and r["world_size"] == r["world_size"]}
-    per = config_value(config, "pretrain.optim.batch_size")
-    return per * max(worlds) if worlds and per else None
 
 
 def _teachers(done: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
@@ -176,131 +181,115 @@ def _teachers(done: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
     return by_ref
 
 
-def _settings(configs: Sequence[Mapping[str, Any]], members: Sequence[Mapping[str, Any]],
+def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]],
               done: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    def v(key: str, default: Any = None) -> str:
-        return _text(_values(configs, key, default))
+    v = cfg.text
 
-    def init(key: str) -> str:
-        names = [PurePath(w).name if w else "random init" for w in _values(configs, key)]
-        return " / ".join(names)
+    def init(key: str, missing: str) -> str:
+        return " / ".join(f"from {PurePath(w).name}" if w else missing for w in cfg.values(key))
 
-    lr_mult = " / ".join("frozen (backbone_lr_mult 0)" if m == 0 else f"trained (lr x {_one(m)})"
-                         for m in _values(configs, "pretrain.optim.backbone_lr_mult", 1.0))
-    ft_mult = " / ".join("frozen" if m == 0 else f"trained (lr x {_one(m)})"
-                         for m in _values(configs, "downstream.optim.backbone_lr_mult", 1.0))
-    batches = {_batch(c, members) for c in configs}
-    batch = v("pretrain.optim.batch_size") + (" per process" if None in batches else
-                                              f" per process, {' / '.join(map(str, sorted(batches)))} in all")
-    teachers = _teachers(done)
-    frames = [f for f in (parse_json(r["frames"]) for r in members) if f]
+    def trained(key: str) -> str:
+        return " / ".join("frozen (backbone_lr_mult 0)" if m == 0 else f"trained (lr x {_one(m)})"
+                          for m in cfg.values(key, 1.0))
+
+    in_all = f", {v('pretrain.batch')} in all" if cfg.world else ""
+    teachers = "; ".join(f"{ref}: {counted(c)}" for ref, c in sorted(_teachers(done).items()))
+    frames = sorted({", ".join(f"{k} {format_value(f[k])}" for k in sorted(f))
+                     for f in (parse_json(r["frames"]) for r in members) if f})
     return [
-        ("video backbone", f"{v('model.video_backbone')}, init {init('model.backbone_weights')}, "
-                           f"pretraining: {lr_mult}, finetuning: {ft_mult}"),
+        ("video backbone", f"{v('model.video_backbone')}, {init('model.backbone_weights', 'random init')}; "
+                           f"pretraining: {trained('pretrain.optim.backbone_lr_mult')}, "
+                           f"finetuning: {trained('downstream.optim.backbone_lr_mult')}"),
         ("text", f"fusion {v('model.hidden')} wide x {v('model.layers')} layers x {v('model.heads')} heads, "
-                 f"init {init('model.text_weights')}, tokenizer {init('data.tokenizer').replace('random init', 'trained on the captions')}"),
-        ("frames", f"pretraining {v('data.num_frames')}, finetuning {_text(_unique(map(_frames_finetune, configs)))}"),
+                 f"{init('model.text_weights', 'random init')}; tokenizer "
+                 f"{init('data.tokenizer', 'trained on the captions')}"),
+        ("frames", f"pretraining {v('data.num_frames')}, finetuning {v('finetune.frames')}"),
         ("size", f"{v('data.size')} px, {v('data.max_text_len')} text tokens"),
-        ("masking", f"{v('mask.strategies')}, video ratio {_text(_unique(map(_video_ratio, configs)))}, "
-                    f"text ratio {_text(_unique(map(_text_ratio, configs)))}, released-code mode (mask.paper) "
-                    f"{v('mask.paper', False)}, video masked without MVM {v('mask.video_without_mvm', False)}"),
+        ("masking", f"{v('mask.strategies')}, video ratio {v('mask.video_ratio')}, text ratio "
+                    f"{v('mask.text_ratio_run')}, released-code mode (mask.paper) {v('mask.paper', False)}, "
+                    f"video masked without MVM {v('mask.video_without_mvm', False)}"),
         ("MVM", f"targets {v('mvm.targets')}, normalization {v('mvm.normalization')}, weight {v('mvm.weight')}"),
-        ("pretraining", f"{v('pretrain.optim.steps')} steps, batch {batch}, lr {v('pretrain.optim.lr')}, "
-                        f"temperature {v('pretrain.temperature')}, weight decay {v('pretrain.optim.weight_decay')}, "
-                        f"warm-up {v('pretrain.optim.warmup_ratio')}"),
+        ("pretraining", f"{v('pretrain.optim.steps')} steps, batch {v('pretrain.optim.batch_size')} per process"
+                        f"{in_all}, lr {v('pretrain.optim.lr')}, temperature {v('pretrain.temperature')}, "
+                        f"weight decay {v('pretrain.optim.weight_decay')}, warm-up {v('pretrain.optim.warmup_ratio')}"),
         ("finetuning", f"{v('downstream.tasks')}, {v('downstream.optim.steps')} steps, batch "
                        f"{v('downstream.optim.batch_size')}, lr {v('downstream.optim.lr')}, "
                        f"temperature {v('downstream.temperature')}"),
         ("flips", f"hflip_prob {v('data.hflip_prob')}, approximate flips {v('data.approximate_flips', False)}"),
-        ("teachers (all done runs)", "; ".join(f"{ref}: {counted(c)}" for ref, c in sorted(teachers.items()))
-         or "none recorded"),
-        ("cache frames", "; ".join(sorted({_frames_text(f) for f in frames})) or "codec/compression not recorded"),
+        ("teachers (all done runs)", teachers or "none recorded"),
+        ("cache frames", "; ".join(frames) or "codec/compression not recorded"),
     ]
 
 
-def _frames_text(frames: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {format_value(frames[k])}" for k in sorted(frames))
+# (label, key, paper key) of the settings compared value by value; the others need a sentence of their own
+COMPARED = (
+    ("video backbone", "model.video_backbone", "model.video_backbone"),
+    ("fusion width", "model.hidden", "model.hidden"), ("fusion layers", "model.layers", "model.layers"),
+    ("fusion heads", "model.heads", "model.heads"),
+    ("pretraining frames", "data.num_frames", "data.num_frames"),
+    ("finetuning frames", "finetune.frames", "downstream.num_frames"),
+    ("size", "data.size", "data.size"), ("text tokens", "data.max_text_len", "data.max_text_len"),
+    ("masking strategies", "mask.strategies", "mask.strategies"),
+    ("MVM loss weight", "mvm.weight", "mvm.weight"),
+    ("VTM negatives", "pretrain.vtm_negatives", "pretrain.vtm_negatives"),
+    ("temperature", "pretrain.temperature", "pretrain.temperature"),
+    ("finetuning temperature", "downstream.temperature", "downstream.temperature"),
+    ("pretraining lr", "pretrain.optim.lr", "pretrain.optim.lr"),
+    ("finetuning lr", "downstream.optim.lr", "downstream.optim.lr"),
+    ("pretraining betas", "pretrain.optim.betas", "optim.betas"),
+    ("pretraining weight decay", "pretrain.optim.weight_decay", "optim.weight_decay"),
+    ("pretraining warm-up ratio", "pretrain.optim.warmup_ratio", "optim.warmup_ratio"),
+    ("pretraining grad clip", "pretrain.optim.grad_clip", "optim.grad_clip"),
+)
 
 
-def _unique(values: Any) -> list[Any]:
-    seen: dict[str, Any] = {}
-    for value in values:
-        seen.setdefault(repr(value), value)
-    return list(seen.values())
-
-
-def _compare(configs: Sequence[Mapping[str, Any]], members: Sequence[Mapping[str, Any]],
-             done: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+def _compare(cfg: _Configs, done: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     deviations: list[str] = []
     matches: list[str] = []
 
-    def check(label: str, values: Sequence[Any], paper: Any, unit: str = "") -> None:
-        if all(_same(value, paper) for value in values):
-            matches.append(f"{label} {_text(values)}{unit}")
+    def check(label: str, key: str, paper: Any) -> None:
+        if all(_same(value, paper) for value in cfg.values(key)):
+            matches.append(f"{label} {cfg.text(key)}")
         else:
-            deviations.append(f"{label} {_text(values)}{unit} (paper {_one(paper)}{unit})")
+            deviations.append(f"{label} {cfg.text(key)} (paper {_one(paper)})")
 
-    def switch(key: str, message: str) -> None:
-        if any(config_value(c, key, PAPER[key]) != PAPER[key] for c in configs):
-            deviations.append(message)
+    def either(deviates: bool, deviation: str, match: str = "") -> None:
+        (deviations if deviates else matches).append(deviation if deviates else match)
 
-    def values(key: str, default: Any = None) -> list[Any]:
-        return _values(configs, key, default)
-
-    check("video backbone", values("model.video_backbone"), PAPER["model.video_backbone"])
-    if any(w is None for w in values("model.backbone_weights")):
-        deviations.append(f"video backbone randomly initialised (paper: {PAPER['model.backbone_weights']})")
-    else:
-        matches.append("video backbone initialised from a weights file")
+    for label, key, paper_key in COMPARED:
+        check(label, key, PAPER[paper_key])
+    either(cfg.any("model.backbone_weights", lambda w: w is None),
+           f"video backbone randomly initialised (paper: {PAPER['model.backbone_weights']})",
+           "video backbone initialised from a weights file")
     for phase, key in (("pretraining", "pretrain.optim.backbone_lr_mult"),
                        ("finetuning", "downstream.optim.backbone_lr_mult")):
-        mults = values(key, 1.0)
-        if any(m == 0 for m in mults):
+        if cfg.any(key, lambda m: m == 0):
             deviations.append(f"backbone frozen in {phase} (backbone_lr_mult 0; paper: trained, multiplier 1)")
         else:
-            check(f"backbone lr multiplier in {phase}", mults, PAPER["optim.backbone_lr_mult"])
-    if any(w is None for w in values("model.text_weights")):
-        deviations.append("text encoder not initialised from BERT (paper: bert-base-uncased)")
-    else:
-        matches.append("text encoder initialised from a BERT folder")
-    if any(t is None for t in values("data.tokenizer")):
-        deviations.append("tokenizer trained on the captions (paper: bert-base-uncased WordPiece)")
-    for key, label in (("model.hidden", "fusion width"), ("model.layers", "fusion layers"),
-                       ("model.heads", "fusion heads")):
-        check(label, values(key), PAPER[key])
-    check("pretraining frames", values("data.num_frames"), PAPER["data.num_frames"])
-    check("finetuning frames", _unique(map(_frames_finetune, configs)), PAPER["downstream.num_frames"])
-    check("size", values("data.size"), PAPER["data.size"])
-    check("text tokens", values("data.max_text_len"), PAPER["data.max_text_len"])
-    check("masking strategies", values("mask.strategies"), PAPER["mask.strategies"])
-    if any(config_value(c, "mask.paper", False) for c in configs):
+            check(f"backbone lr multiplier in {phase}", key, PAPER["optim.backbone_lr_mult"])
+    either(cfg.any("model.text_weights", lambda w: w is None),
+           "text encoder not initialised from BERT (paper: bert-base-uncased)", "text encoder initialised from BERT")
+    either(cfg.any("data.tokenizer", lambda t: t is None),
+           "tokenizer trained on the captions (paper: bert-base-uncased WordPiece)", "BERT tokenizer")
+    if cfg.any("mask.paper", bool):
         deviations.append(f"released-code masking (mask.paper): video ratio {RELEASED_P_MASK} whatever mask.ratio "
                           f"says, blockwise masking ignores the ratio (paper's final model: {PAPER['mask.ratio']})")
     else:
-        check("video mask ratio", values("mask.ratio"), PAPER["mask.ratio"])
-        check("text mask ratio", values("mask.text_ratio"), PAPER["mask.text_ratio"])
-    switch("mask.video_without_mvm", "video masked without MVM (paper: clean video for the no-MVM baseline)")
-    if any(config_value(c, "mvm.normalization") != PAPER["mvm.normalization"] for c in configs):
-        deviations.append(f"MVM loss normalization {_text(values('mvm.normalization'))} (official code: its "
-                          f"per-target scaling, mvm.normalization {PAPER['mvm.normalization']})")
-    check("MVM loss weight", values("mvm.weight"), PAPER["mvm.weight"])
-    check("VTM negatives", values("pretrain.vtm_negatives"), PAPER["pretrain.vtm_negatives"])
-    check("temperature", values("pretrain.temperature"), PAPER["pretrain.temperature"])
-    check("finetuning temperature", values("downstream.temperature"), PAPER["downstream.temperature"])
-    check("pretraining lr", values("pretrain.optim.lr"), PAPER["pretrain.optim.lr"])
-    check("finetuning lr", values("downstream.optim.lr"), PAPER["downstream.optim.lr"])
-    batches = _unique(_batch(c, members) for c in configs)
-    if None not in batches:
-        check("pretraining batch in all", batches, PAPER["pretrain.batch"])
-    for key in ("betas", "weight_decay", "warmup_ratio", "grad_clip"):
-        check(f"pretraining {key.replace('_', ' ')}", values(f"pretrain.optim.{key}"), PAPER[f"optim.{key}"])
-    flips = values("data.hflip_prob", 0.0)
-    if any(p > 0 for p in flips):
-        deviations.append(f"horizontal flips in pretraining (hflip_prob {_text(flips)}; paper: none)")
-    else:
-        matches.append("no horizontal flips")
-    switch("data.approximate_flips", "approximate flips on teacher targets (data.approximate_flips: cached targets "
-                                     "are flipped instead of recomputed on the flipped clip)")
+        check("video mask ratio", "mask.ratio", PAPER["mask.ratio"])
+        check("text mask ratio", "mask.text_ratio", PAPER["mask.text_ratio"])
+    if cfg.any("mask.video_without_mvm", lambda on: on is True):
+        deviations.append("video masked without MVM (paper: clean video for the no-MVM baseline)")
+    if not all(n == PAPER["mvm.normalization"] for n in cfg.values("mvm.normalization")):
+        deviations.append(f"MVM loss normalization {cfg.text('mvm.normalization')} (official code: its per-target "
+                          f"scaling, mvm.normalization {PAPER['mvm.normalization']})")
+    if cfg.world:
+        check("pretraining batch in all", "pretrain.batch", PAPER["pretrain.batch"])
+    either(cfg.any("data.hflip_prob", lambda p: p is not None and p > 0),
+           f"horizontal flips in pretraining (hflip_prob {cfg.text('data.hflip_prob')}; paper: none)",
+           "no horizontal flips")
+    if cfg.any("data.approximate_flips", lambda on: on is True):
+        deviations.append("approximate flips on teacher targets (data.approximate_flips: cached targets are "
+                          "flipped instead of recomputed on the flipped clip)")
     random_refs = {ref: c["random"] for ref, c in _teachers(done).items() if c.get("random")}
     if random_refs:
         deviations.append("random-weight teachers: " + ", ".join(

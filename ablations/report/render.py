@@ -107,7 +107,8 @@ def _markdown(df: pd.DataFrame, summary: pd.DataFrame, rows: list[str], headline
               "*sd* their sample standard deviation (ddof=1), *s.e.* = sd / √seeds (a spread, not an interval), "
               "*95 % CI (t)* = mean ∓ t(0.975, seeds − 1) × s.e. (none with one seed)."]
     if baseline:
-        lines.append(f"*Δ* = mean of per-seed differences against the baseline cell {cell_name(dict(baseline), labels)}, "
+        base_name = cell_name(dict(baseline), labels)
+        lines.append(f"*Δ* = mean of per-seed differences against the baseline cell {base_name}, "
                      "paired by seed; *pairs* counts seeds in both cells (the others are left out of Δ and flagged). "
                      "*Δ 95 % CI (t)* is the paired-t interval; *p (sign-flip)* the two-sided paired sign-flip "
                      f"permutation p-value, exact over all 2^pairs sign patterns up to {EXACT_MAX_PAIRS} pairs, "
