@@ -59,6 +59,9 @@ class ModelConfig:
     max_frames: int = 8  # temporal embedding table size
     max_patches: int = 196  # spatial embedding table size (14 x 14 grid at 448 px)
     grad_checkpointing: bool = False
+    # torch.compile the video encoder and the fusion encoder (violet_core/compiled.py): faster steps on a
+    # GPU after a compile of a minute or more at start-up; on a CPU the compile rarely pays
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mvm_targets.store.reader import CacheReader
 from mvm_targets.store.schema import code_version
 from violet_core import distributed
 from violet_core.batching import batch_stream
+from violet_core.compiled import compile_model
 from violet_core.config import RunConfig, load_config, save_config
 from violet_core.data.augment import check_flips
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
@@ -71,6 +72,8 @@ class Run:
                             config.mvm.normalization, config.mvm.flow_max_magnitude,
                             attention_weights="am" in config.mask.strategies).to(self.device)
         self.loaded_parts = load_pretrained_parts(self.model, config.model)
+        if config.model.compile:
+            compile_model(self.model)  # in place: state dicts, checkpoints and DDP see the same module
 
     # --- set-up ----------------------------------------------------------------------------
 
