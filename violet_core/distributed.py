@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,15 @@ def all_reduce_mean(value: torch.Tensor, state: Dist) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / state.world
+
+
+def all_gather_objects(value: Any, state: Dist) -> list[Any]:
+    """Every rank's `value`, in rank order (checkpoints keep each rank's own RNG state)."""
+    if not state.enabled:
+        return [value]
+    gathered: list[Any] = [None] * state.world
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def shutdown(state: Dist) -> None:

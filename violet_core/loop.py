@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +23,25 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class LoopState:
-    """Where a phase stands; saved in checkpoints so a resumed run continues the same curve."""
+    """Where a phase stands; saved in checkpoints so a resumed run continues the same curve.
+
+    `window` holds this process's losses since the last log line: a checkpoint between two log
+    lines must carry them, or the next logged mean would average fewer steps after a resume.
+    """
 
     step: int = 0
     samples: int = 0
+    window: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data; the window as float32 values, so the resumed mean is bit-identical."""
+        return {"step": self.step, "samples": self.samples,
+                "window": {name: torch.stack(values).cpu() for name, values in self.window.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> "LoopState":
+        window = {name: list(values.to(device).unbind()) for name, values in state["window"].items()}
+        return cls(step=int(state["step"]), samples=int(state["samples"]), window=window)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -44,7 +58,7 @@ def run_steps(phase: str, compute: Callable[[dict], dict[str, Tensor]], paramete
               precision: str, grad_clip: float, dist: Dist, log: Callable[[dict], None], log_every: int,
               checkpoint: Callable[[], None] | None = None, checkpoint_every: int = 0) -> dict[str, float]:
     """Train from `state.step` to `total_steps`; returns the mean of each loss over the last log window."""
-    window: dict[str, list[Tensor]] = defaultdict(list)
+    window = state.window
     last: dict[str, float] = {}
     started = time.perf_counter()
     while state.step < total_steps:
@@ -62,9 +76,9 @@ def run_steps(phase: str, compute: Callable[[dict], dict[str, Tensor]], paramete
         state.step += 1
         state.samples += batch["video"].shape[0] * dist.world
         for name, value in losses.items():
-            window[name].append(value.detach().float())
+            window.setdefault(name, []).append(value.detach().float())
         if grad_norm is not None:
-            window["grad_norm"].append(grad_norm.detach().float())
+            window.setdefault("grad_norm", []).append(grad_norm.detach().float())
         if state.step % max(1, log_every) == 0 or state.step == total_steps:
             elapsed = time.perf_counter() - started
             names = sorted(window)

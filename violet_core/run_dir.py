@@ -5,7 +5,8 @@
     <run>/final.json          headline metrics, chance levels, targets, code version, timing
     <run>/failure.json        written instead of final.json when the run fails (class, message, step)
     <run>/tokenizer/          the tokenizer, so resumed and downstream phases reuse it exactly
-    <run>/checkpoints/        last.pt (resumable state), pretrained.pt (model after pretraining)
+    <run>/checkpoints/        last.pt (resumable state, tensors and plain data: no pickle), pretrained.pt
+                              (model after pretraining)
     <run>/downstream.json     results of downstream tasks already finished (resume skips them)
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mvm_targets.store.diskspace import nbytes_of, raise_if_out_of_space
 
 
 class RunDir:
@@ -45,12 +48,13 @@ class RunDir:
                 handle.write(json.dumps(_finite(record)) + "\n")
 
     def truncate_log(self, phase: str, after_step: int) -> None:
-        """Drop log lines a resumed run is about to write again, so the curve has no duplicates."""
+        """Drop `phase`'s log lines past `after_step` (-1: all of them), which a resumed run is about to
+        write again, so the curve has no duplicates; a line cut short by a kill goes too."""
         path = self.root / "metrics.jsonl"
         if not self.writer or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines()
-                if line.strip() and not _is_after(json.loads(line), phase, after_step)]
+                if _parses(line) and not _is_after(json.loads(line), phase, after_step)]
         write_atomic(path, "".join(f"{line}\n" for line in kept))
 
     def read_json(self, name: str) -> dict | None:
@@ -66,14 +70,28 @@ class RunDir:
         if not self.writer:
             return
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:  # a Python file, so a full disk surfaces as ENOSPC, not torch's opaque error
+                torch.save(state, handle)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:
+            tmp.unlink(missing_ok=True)
+            raise_if_out_of_space(error, path, nbytes_of(state), "free some space and rerun to resume")
+            raise
 
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _parses(line: str) -> bool:
+    """False for blank lines and for a line cut short by a kill during its write."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _is_after(record: dict, phase: str, step: int) -> bool:

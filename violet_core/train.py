@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,9 @@ from mvm_targets.errors import MvmTargetsError
 from mvm_targets.store.reader import CacheReader
 from mvm_targets.store.schema import code_version
 from violet_core import distributed
-from violet_core.batching import batch_stream
+from violet_core.batching import BatchStream
+from violet_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from violet_core.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
 from violet_core.compiled import compile_model
 from violet_core.config import RunConfig, load_config, save_config
 from violet_core.data.augment import check_flips
@@ -81,7 +85,11 @@ class Run:
         if self.dist.is_main and not (self.dir.tokenizer / "tokenizer.json").exists():
             corpus = [c for key in self.reader.keys for c in self.reader.captions.get(key, [])]
             corpus += task_corpus(Path(self.config.data.source))
-            build_tokenizer(self.config.data.tokenizer, corpus, self.config.data.vocab_size, save_dir=self.dir.tokenizer)
+            # saved aside, then renamed into place: a kill mid-save must not leave a half-written tokenizer
+            staging = self.dir.tokenizer.with_name(f".tokenizer.tmp{os.getpid()}")
+            build_tokenizer(self.config.data.tokenizer, corpus, self.config.data.vocab_size, save_dir=staging)
+            shutil.rmtree(self.dir.tokenizer, ignore_errors=True)
+            os.replace(staging, self.dir.tokenizer)
         distributed.barrier(self.dist)
         return load_tokenizer(self.dir.tokenizer)
 
@@ -112,47 +120,58 @@ class Run:
         schedule = build_schedule(optimizer, optim)
         trainable = self._wrap(objective)
         mask_rng = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
+        batches = BatchStream(dataset, collate_pretrain, optim.batch_size, config.seed, self.dist, self.device,
+                              config.data.num_workers)
         state = LoopState()
         if self.dir.checkpoint.exists():
-            state = self._restore(optimizer, schedule, mask_rng)
-            self.dir.truncate_log("pretrain", state.step)
+            state = self._restore(optimizer, schedule, mask_rng, batches)
+        # lines past the checkpoint (or every line, when killed before the first) are about to be written again
+        self.dir.truncate_log("pretrain", state.step)
 
         def checkpoint() -> None:
+            # each rank's RNGs and log window: ranks draw different masks and average their own losses
+            loop = state.state_dict()
+            ranks = distributed.all_gather_objects({"rng": capture_rng({"mask": mask_rng}), "window": loop["window"]},
+                                                   self.dist)
             self.dir.save_checkpoint(self.dir.checkpoint, {
-                "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "step": state.step, "samples": state.samples,
-                "mask_rng": mask_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "loop": {"step": loop["step"], "samples": loop["samples"]},
+                "data": batches.state_dict(), "ranks": ranks,
             })
 
         def compute(batch: dict) -> dict[str, torch.Tensor]:
             return trainable(batch, mask_rng, self.tokenizer.special_mask(batch["text_ids"]))
 
         self.model.train()
-        batches = batch_stream(dataset, collate_pretrain, optim.batch_size, config.seed, state.step, self.dist,
-                               self.device, config.data.num_workers)
         losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule, batches, state,
                            optim.steps, device=self.device, precision=config.precision, grad_clip=optim.grad_clip,
                            dist=self.dist, log=self.dir.log, log_every=config.pretrain.log_every,
                            checkpoint=checkpoint, checkpoint_every=config.pretrain.checkpoint_every)
         if self.dist.is_main:
-            torch.save(self.model.state_dict(), self.dir.pretrained)
             self.dir.write_json("pretrain.json", {"losses": losses, "steps": state.step})
+            # written last and atomically: its presence is what marks pretraining as done
+            self.dir.save_checkpoint(self.dir.pretrained, self.model.state_dict())
             self.dir.checkpoint.unlink(missing_ok=True)  # pretrained.pt supersedes it
         distributed.barrier(self.dist)
         return losses
 
-    def _restore(self, optimizer, schedule, mask_rng: torch.Generator) -> LoopState:
-        saved = torch.load(self.dir.checkpoint, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        mask_rng.set_state(saved["mask_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        log.info("resumed pretraining at step %d from %s", saved["step"], self.dir.checkpoint)
-        return LoopState(step=saved["step"], samples=saved["samples"])
+    def _restore(self, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+                 mask_rng: torch.Generator, batches: BatchStream) -> LoopState:
+        """Load the checkpoint into the live objects. The RNGs go last: nothing may draw between their
+        restore and the first resumed step, exactly as nothing did between the save and the next step."""
+        saved = load_checkpoint(self.dir.checkpoint)
+        try:
+            self.model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            batches.load_state_dict(saved["data"])
+        except ValueError as error:
+            raise CheckpointError(f"{self.dir.checkpoint}: {str(error).splitlines()[0]}") from None
+        mine = saved["ranks"][self.dist.rank]
+        state = LoopState.from_state_dict({**saved["loop"], "window": mine["window"]}, self.device)
+        restore_rng(mine["rng"], {"mask": mask_rng})
+        log.info("resumed pretraining at step %d from %s", state.step, self.dir.checkpoint)
+        return state
 
     def downstream(self) -> tuple[dict[str, float], dict[str, float]]:
         """Finetune a fresh copy of the pretrained weights per task, then evaluate it."""
@@ -161,14 +180,20 @@ class Run:
         for task in self.config.downstream.tasks:
             if task in done["tasks"]:
                 continue
+            # A task killed part-way starts over from the state an uninterrupted run gives it: the
+            # pretrained weights, no gradients (stale ones would enter the clipping norm), reseeded RNGs
+            # and its data order from the first batch; the lines it had logged are dropped.
+            self.dir.truncate_log(task, -1)
             self.model.load_state_dict(pretrained)
+            self.model.zero_grad(set_to_none=True)
             seed_everything(self.config.seed + 1)
             metrics, chance = DOWNSTREAM_RUNNERS[task](self)
             done["metrics"].update(metrics)
             done["chance"].update(chance)
             done["tasks"].append(task)
-            self.dir.write_json("downstream.json", done)
+            # the eval line first: once downstream.json names the task, a rerun skips it
             self.dir.log({"phase": task, "step": self.config.downstream.optim.steps, "split": "eval", **metrics})
+            self.dir.write_json("downstream.json", done)
         return done["metrics"], done["chance"]
 
     def execute(self) -> dict[str, Any]:

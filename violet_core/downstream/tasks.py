@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
-from violet_core.batching import batch_stream, to_device
+from violet_core.batching import BatchStream, to_device
 from violet_core.config import RunConfig
 from violet_core.data.augment import check_crop_size, crop_clip, temporal_window
 from violet_core.data.pretrain import normalize_frames
@@ -92,8 +92,8 @@ def _finetune(run: "Run", objective: torch.nn.Module, dataset: Dataset, task: st
     optimizer = build_optimizer(run.model, config)
     schedule = build_schedule(optimizer, config)
     trainable = run._wrap(objective)
-    batches = batch_stream(dataset, _collate, config.batch_size, run.config.seed, 0, run.dist, run.device,
-                           run.config.data.num_workers)
+    batches = BatchStream(dataset, _collate, config.batch_size, run.config.seed, run.dist, run.device,
+                          run.config.data.num_workers)
     run.model.train()
     run_steps(task, lambda batch: trainable(batch), list(run.model.parameters()), optimizer, schedule, batches,
               LoopState(), config.steps, device=run.device, precision=run.config.precision,
