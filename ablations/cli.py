@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Run grids of VIOLET trainings over MVM targets and report them (train, run, status, report).")
+                  help="Run grids of VIOLET trainings over MVM targets and report them (train, run, check, status, report).")
 
 
 @app.command()
@@ -35,13 +35,16 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
                                            help="runs at once (default 1; with --gpus-per-run: every GPU slot)"),
         gpus_per_run: int = typer.Option(0, "--gpus-per-run", min=0,
                                          help="k > 0: pack runs onto the local GPUs, one torchrun over k GPUs each"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="print the expansion and what would run; touch nothing"),
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="check every run (as `ablate check`), print the expansion and what would "
+                                          "run; touch nothing"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun failed runs too"),
         rerun_changed: bool = typer.Option(False, "--rerun-changed",
                                            help="rerun done runs whose grid file or code version changed"),
         launcher: str = typer.Option("local", "--launcher", help="local, or slurm (needs submitit: the slurm extra)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="default: runs/<grid name>"),
-        overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML); repeatable"),
+        overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML), or cache.KEY=VALUE "
+                                                             "over its cache section; repeatable"),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="per-run limit in seconds (local launcher)"),
         slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
         slurm_time: int = typer.Option(24 * 60, "--slurm-time", help="minutes per attempt; time-outs are requeued"),
@@ -51,29 +54,65 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
         slurm_params: list[str] = typer.Option([], "--slurm-param",
                                                help="KEY=VALUE submitit parameter, e.g. slurm_account=abc"),
         ) -> None:
-    """Extract the grid's targets once, then run every run that is not done (resumable)."""
-    from ablations.grid import load_grid
-    from ablations.runner import RunOptions, parse_sets, run_grid
+    """Extract the grid's targets once, then run every run that is not done (resumable).
+
+    Before anything is extracted or trained, the runs to run are checked as `ablate check` does.
+    Exit codes: 0 every run is done or running in another process; 1 some run failed; 2 bad input
+    (grid, options, or a failed check); 130 interrupted (committed work is kept; runs that were
+    running go back to pending and resume on the next `ablate run`).
+    """
+    from ablations.check import check_grid
+    from ablations.grid import InvalidRun, load_grid
+    from ablations.runner import EXIT_BAD_INPUT, RunOptions, code_version, parse_sets, plan_runs, run_grid
     from ablations.slurm import SlurmOptions, SlurmUnavailable
+    from ablations.status import default_runs_dir
+    from mvm_targets.interrupts import interrupted, report_interrupt
 
     if launcher not in ("local", "slurm"):
         raise ValueError(f"--launcher must be local or slurm, got '{launcher}'")
-    spec = load_grid(grid, parse_sets(overrides) or None)
+    invalid: list[InvalidRun] = []
+    spec = load_grid(grid, parse_sets(overrides) or None, invalid if dry_run else None)
     slurm = SlurmOptions(partition=slurm_partition, time_min=slurm_time, cpus_per_run=slurm_cpus, mem_gb=slurm_mem_gb,
                          array_parallelism=slurm_parallelism, params=parse_sets(slurm_params))
     options = RunOptions(runs_dir=runs_dir, jobs=jobs, gpus_per_run=gpus_per_run, dry_run=dry_run,
                          retry_failed=retry_failed, rerun_changed=rerun_changed, timeout_s=timeout, launcher=launcher,
                          slurm=slurm)
+    # a dry run checks every run; a real one the runs it would start (a done run needs nothing more)
+    to_check = None if dry_run else [d.spec for d in plan_runs(spec, Path(runs_dir or default_runs_dir(spec.name)),
+                                                                code_version(), options) if d.runs]
+    report = check_grid(spec, invalid, to_check)
+    if not report.ok:
+        for line in report.error_lines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     try:
         code = run_grid(spec, options)
     except SlurmUnavailable as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        typer.echo("interrupted: running runs were stopped and marked pending; rerun the same command to resume",
-                   err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(report_interrupt(lambda line: typer.echo(line, err=True)))
+    if interrupted():  # swallowed somewhere (see mvm_targets.interrupts), yet it must not end as success
+        raise typer.Exit(report_interrupt(lambda line: typer.echo(line, err=True)))
     raise typer.Exit(code)
+
+
+@app.command()
+def check(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/paper_table1.yaml)"),
+          overrides: list[str] = typer.Option([], "--set", help="as given to `ablate run`; repeatable")) -> None:
+    """Verify every cell of a grid before anything trains: config, targets, caches, frame counts, weights, files.
+
+    Prints one line per bad cell and exits 2, or a summary line and exits 0. Reads only.
+    """
+    from ablations.check import check_grid_file
+    from ablations.runner import EXIT_BAD_INPUT, parse_sets
+
+    report = check_grid_file(grid, parse_sets(overrides) or None)
+    if not report.ok:
+        for line in report.error_lines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(report.summary())
 
 
 @app.command()
@@ -112,11 +151,20 @@ def report(runs: list[Path] = typer.Argument(None, help="run directories or runs
 
 
 def main() -> None:
-    try:
-        app()
-    except (ValueError, OSError) as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    from mvm_targets.interrupts import interrupt_guard, interrupted, report_interrupt
+
+    with interrupt_guard():
+        try:
+            app()  # always ends in SystemExit; typer turns a KeyboardInterrupt into a silent exit 130
+        except (ValueError, OSError) as error:
+            if interrupted():
+                sys.exit(report_interrupt())
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except (KeyboardInterrupt, SystemExit):
+            if interrupted():
+                sys.exit(report_interrupt())
+            raise
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Format (every key but `axes`/`zip` optional; unknown top-level keys are errors)::
 
-    name: demo                      # default: the file's stem
+    name: demo                      # default: the file's stem; one folder name (runs/<name>)
     description: free text          # shown by describe()
     base_config: ../../violet_core/configs/tiny.yaml   # a RunConfig YAML, relative to THIS file
     base:                           # RunConfig fields merged over base_config (nested or dotted keys)
@@ -28,6 +28,9 @@ Runs are ordered as the product of the axes in file order (zip groups after the 
 the seed varying fastest. Every run's config is the base with its factor values set, validated by
 `violet_core.config.config_from_dict`; an invalid one is a GridError naming the run.
 
+Overrides (`ablate run GRID --set KEY=VALUE`) are dotted RunConfig keys applied to the base, or
+`cache.KEY` for the cache section (e.g. `--set cache.weights=random --set cache.source=tiny.csv`).
+
 Identity: `run_id` hashes the resolved config, not the grid, so the same settings get the same id
 from any grid file, any axis order, any machine. The alias is only for people: it names the factors
 that the grid varies (axes with more than one value, plus the seed).
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 
+from mvm_targets.names import name_problem
 from violet_core.config import (ConfigError, RunConfig, apply_overrides, config_from_dict, field_paths,
                                 read_yaml_mapping)
 
@@ -61,6 +65,7 @@ TOP_LEVEL_KEYS = ("name", "description", "base_config", "base", "cache", "axes",
 IDENTITY_EXCLUDED = ("name", "out_dir", "data.num_workers", "device")
 
 SEED_KEY = "seed"
+CACHE_PREFIX = "cache."  # overrides of the grid's cache section rather than of the runs' config
 Fail = Callable[[str, str], "GridError"]  # (section, message) -> an error naming the grid file
 Dimension = tuple[tuple[str, ...], list[tuple[Any, ...]]]  # axis keys, rows of values (a zip group: several keys)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]")
@@ -163,14 +168,28 @@ def _canon(value: Any) -> Any:
 # Loading
 
 
-def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Grid:
-    """Read a grid YAML and expand it; `overrides` are dotted RunConfig keys applied to the base."""
+@dataclass(frozen=True)
+class InvalidRun:
+    """A run whose resolved config does not validate (collected by `ablate check` instead of raised)."""
+
+    alias: str
+    factors: dict[str, Any]  # axis key -> value as the grid states it, seed included
+    reason: str  # the config error, one line
+
+
+def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
+              invalid: list[InvalidRun] | None = None) -> Grid:
+    """Read a grid YAML and expand it; `overrides` are dotted RunConfig keys applied to the base
+    (or `cache.KEY` keys applied to the cache section). With `invalid`, runs whose config does not
+    validate are appended to it and left out, instead of raising GridError."""
     path = Path(path)
-    return expand(read_yaml_mapping(path, "grid", GridError), path, overrides)
+    return expand(read_yaml_mapping(path, "grid", GridError), path, overrides, invalid)
 
 
-def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapping[str, Any] | None = None) -> Grid:
-    """Validate a parsed grid mapping and expand it into runs; `path` anchors `base_config` and messages."""
+def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapping[str, Any] | None = None,
+           invalid: list[InvalidRun] | None = None) -> Grid:
+    """Validate a parsed grid mapping and expand it into runs; `path` anchors `base_config` and messages.
+    `invalid`: see `load_grid`."""
     where = str(path)
 
     def fail(section: str, message: str) -> GridError:
@@ -179,8 +198,15 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
     unknown = [k for k in spec if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise GridError(f"{where}: unknown top-level key '{unknown[0]}' (known: {', '.join(TOP_LEVEL_KEYS)})")
+    name = spec.get("name") or Path(path).stem
+    name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name  # `name: 2024`
+    problem = name_problem(name)
+    if problem:
+        raise fail("name", f"{problem} (the grid's runs go to runs/<name>)")
     known_fields = field_paths()
     base = _load_base(spec, Path(path), fail)
+    cache_overrides = {k[len(CACHE_PREFIX):]: v for k, v in (overrides or {}).items() if k.startswith(CACHE_PREFIX)}
+    overrides = {k: v for k, v in (overrides or {}).items() if not k.startswith(CACHE_PREFIX)}
     if overrides:
         for key in overrides:
             _check_field(key, known_fields, fail, "overrides")
@@ -202,18 +228,22 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
     cache = spec.get("cache") or {}
     if not isinstance(cache, Mapping):
         raise fail("cache", f"must be a mapping, got {cache!r}")
+    if cache_overrides:
+        cache = _merge(dict(cache), _nest(cache_overrides, fail, "overrides"))
     if "synth" in cache and not isinstance(cache["synth"], Mapping):
         raise fail("cache", f"'synth' must be a mapping like {{clips: 96, seed: 0}}, got {cache['synth']!r}")
 
     # An axis with one value is a setting, not a factor: it stays out of the alias.
     varied = [k for k in axes if k == SEED_KEY or len({value_key(v) for v in values[k]}) > 1]
-    runs, excluded = _expand_runs(base, dimensions, seeds, exclude, varied, labels, where)
-    if not runs:
+    collected: list[InvalidRun] = [] if invalid is None else invalid
+    runs, excluded = _expand_runs(base, dimensions, seeds, exclude, varied, labels, where,
+                                  None if invalid is None else collected)
+    if not runs and not collected:
         raise fail("exclude", "every run is excluded")
-    if baseline and not any(_matches(r.factors, baseline) for r in runs):
+    if baseline and runs and not collected and not any(_matches(r.factors, baseline) for r in runs):
         raise fail("baseline", f"the cell {_describe_assignment(baseline, labels)} is entirely excluded")
 
-    content = {"name": spec.get("name") or Path(path).stem, "base": base, "cache": cache,
+    content = {"name": name, "base": base, "cache": cache,
                "axes": spec.get("axes") or {}, "zip": spec.get("zip") or [], "exclude": spec.get("exclude") or [],
                "seeds": seeds, "baseline": baseline, "labels": labels}
     grid_hash = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode())
@@ -223,7 +253,8 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
 
 
 def _expand_runs(base: dict[str, Any], dimensions: list[Dimension], seeds: list[int], exclude: list[dict[str, Any]],
-                 varied: list[str], labels: dict[str, str], where: str) -> tuple[list[RunSpec], int]:
+                 varied: list[str], labels: dict[str, str], where: str,
+                 invalid: list[InvalidRun] | None = None) -> tuple[list[RunSpec], int]:
     """The product of the dimensions and seeds (seed fastest), minus exclusions, each run resolved."""
     runs, excluded = [], 0
     seen_ids: dict[str, str] = {}
@@ -236,7 +267,14 @@ def _expand_runs(base: dict[str, Any], dimensions: list[Dimension], seeds: list[
         if any(_matches(assignment, rule) for rule in exclude):
             excluded += 1
             continue
-        run = _resolve(base, assignment, varied, labels, where)
+        try:
+            run = _resolve(base, assignment, varied, labels)
+        except ConfigError as error:
+            alias = _alias(assignment, varied, labels)
+            if invalid is None:
+                raise GridError(f"{where}: run '{alias}': {error}") from None
+            invalid.append(InvalidRun(alias, dict(assignment), str(error)))
+            continue
         if run.run_id in seen_ids:
             raise GridError(f"{where}: runs '{seen_ids[run.run_id]}' and '{run.alias}' resolve to the same config "
                             f"(run id {run.run_id}); remove the duplicate axis value")
@@ -364,7 +402,7 @@ def _parse_labels(spec: Mapping[str, Any], axes: list[str], fail: Fail) -> dict[
     for key, label in labels.items():
         if key not in axes:
             raise fail("labels", f"'{key}' is not an axis (axes: {', '.join(axes)})")
-        if not isinstance(label, str) or not label or safe_name(label) != label:
+        if not isinstance(label, str) or not label or safe_name(label) != label or label.startswith("."):
             raise fail("labels", f"'{key}': {label!r} is not a non-empty, filesystem-safe name")
     names = list(labels.values()) + [k for k in axes if k not in labels]
     twice = next((n for n in names if names.count(n) > 1), None)
@@ -401,14 +439,14 @@ def _describe_assignment(assignment: Mapping[str, Any], labels: Mapping[str, str
     return ",".join(f"{labels.get(k, k)}={format_value(v)}" for k, v in assignment.items())
 
 
-def _resolve(base: dict[str, Any], assignment: dict[str, Any], varied: list[str], labels: dict[str, str],
-             where: str) -> RunSpec:
-    alias_parts = [f"{labels.get(k, k)}={format_value(assignment[k])}" for k in varied]
-    alias = safe_name(",".join(alias_parts))
-    try:
-        resolved = config_from_dict(apply_overrides(base, {**assignment, "name": alias}))
-    except ConfigError as error:
-        raise GridError(f"{where}: run '{alias}': {error}") from None
+def _alias(assignment: dict[str, Any], varied: list[str], labels: dict[str, str]) -> str:
+    return safe_name(",".join(f"{labels.get(k, k)}={format_value(assignment[k])}" for k in varied))
+
+
+def _resolve(base: dict[str, Any], assignment: dict[str, Any], varied: list[str], labels: dict[str, str]) -> RunSpec:
+    """The run of one assignment; ConfigError when its config does not validate."""
+    alias = _alias(assignment, varied, labels)
+    resolved = config_from_dict(apply_overrides(base, {**assignment, "name": alias}))
     config = resolved.to_dict()
     factors = {key: _get(config, key) for key in assignment}
     return RunSpec(run_id=run_id(resolved), alias=alias, factors=factors, config=config)
@@ -452,5 +490,5 @@ def describe(grid: Grid) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["GridError", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "load_grid", "expand", "run_id", "describe",
+__all__ = ["GridError", "InvalidRun", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "load_grid", "expand", "run_id", "describe",
            "format_value", "safe_name", "value_key"]

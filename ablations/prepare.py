@@ -19,7 +19,6 @@ union of its targets, so every clip is decoded once and every target computed on
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,9 @@ CACHE_KEYS = ("source", "synth", "num_frames", "size", "device", "workers", "bat
               "short_videos", "weights", "weights_dir", "options")
 SYNTH_KEYS = ("clips", "seed", "frames", "size", "fps", "object_scale")
 RUNTIME_KEYS = ("device", "weights", "weights_dir")  # passed to the target factories that accept them
+# cache-section key -> mvm_targets.settings rule, checked before anything is synthesised or decoded
+SETTING_RULES = {"num_frames": "frames", "size": "size", "workers": "workers", "batch_size": "batch_size",
+                 "clips_per_shard": "clips_per_shard", "short_videos": "short_videos", "weights": "weights"}
 
 
 class PrepareError(ValueError):
@@ -92,6 +94,12 @@ def plan_cache(grid: Grid) -> list[CacheJob]:
         bad = [k for k in synth if k not in SYNTH_KEYS]
         if bad:
             raise PrepareError(f"{grid.path}: cache: synth: unknown key '{bad[0]}' (known: {', '.join(SYNTH_KEYS)})")
+    from mvm_targets.settings import setting_problem
+
+    for key, rule in SETTING_RULES.items():
+        problem = setting_problem(rule, section[key]) if section.get(key) is not None else None
+        if problem:
+            raise PrepareError(f"{grid.path}: cache.{key} {problem}")
     groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for spec in grid.runs:
         data = spec.config["data"]
@@ -155,6 +163,7 @@ def _sampling(grid: Grid, job: CacheJob):
 def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
     from mvm_targets.errors import MvmTargetsError
     from mvm_targets.extract import ExtractConfig, extract
+    from mvm_targets.interrupts import raise_if_interrupted
     from mvm_targets.store.layout import dataset_caches
     from mvm_targets.video.inputs import discover_inputs
 
@@ -168,7 +177,8 @@ def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
             cache_root=job.cache_root, dataset=job.dataset, sampling=sampling,
             batch_size=int(job.settings.get("batch_size", 8)), workers=int(job.settings.get("workers", 0)),
             clips_per_shard=int(job.settings.get("clips_per_shard", 64)))
-        summary = extract(items, targets, config)
+        # between clips: a Ctrl-C swallowed inside a numba compile still stops the extraction
+        summary = extract(items, targets, config, on_progress=raise_if_interrupted)
     except MvmTargetsError as error:
         raise PrepareError(f"{grid.path}: cache: {error}") from None
     return PrepareResult(job=job, frames_id=sampling.frames_id, sets=summary.sets, extracted=summary.done,
@@ -177,22 +187,28 @@ def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
 
 
 def _check_frames_id(grid: Grid, job: CacheJob, frames_id: str, present: list[str]) -> None:
+    problem = frames_id_problem(job, frames_id, present)
+    if problem:
+        raise PrepareError(f"{grid.path}: {problem}")
+
+
+def frames_id_problem(job: CacheJob, frames_id: str, present: list[str]) -> str | None:
     """The runs must open the sampling this grid extracts; a mismatch would only surface in every run."""
     if job.frames_id is not None and job.frames_id != frames_id:
-        raise PrepareError(f"{grid.path}: the runs read data.frames_id={job.frames_id}, but the cache section "
-                           f"(num_frames={job.num_frames}, size={job.size}) extracts {frames_id}")
+        return (f"the runs read data.frames_id={job.frames_id}, but the cache section "
+                f"(num_frames={job.num_frames}, size={job.size}) extracts {frames_id}")
     others = [name for name in present if name != frames_id]
     if job.frames_id is None and others:
-        raise PrepareError(f"{grid.path}: {job.cache_root / job.dataset} already holds another sampling "
-                           f"({', '.join(others)}); set data.frames_id: {frames_id} in the grid's base so the runs "
-                           f"read the one this grid extracts")
+        return (f"{job.cache_root / job.dataset} already holds another sampling ({', '.join(others)}); set "
+                f"data.frames_id: {frames_id} in the grid's base so the runs read the one this grid extracts")
+    return None
 
 
 def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
     """mvm_targets Target objects for the job's refs; unknown or unavailable ones are one-line errors."""
     from mvm_targets.errors import MvmTargetsError
-    from mvm_targets.targets import build_target, canonical_name
-    from mvm_targets.targets.registry import _FACTORIES
+    from mvm_targets.targets import build_target
+    from mvm_targets.targets.registry import factory_parameters, parse_target_ref
 
     runtime = {k: job.settings[k] for k in RUNTIME_KEYS if job.settings.get(k) is not None}
     per_target = job.settings.get("options") or {}
@@ -201,8 +217,8 @@ def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
     targets = []
     for ref in job.refs:
         try:
-            name = canonical_name(ref.partition(":")[0])
-            accepted = inspect.signature(_FACTORIES[name]).parameters
+            name, _ = parse_target_ref(ref)
+            accepted = factory_parameters(ref)
             options = {k: v for k, v in runtime.items() if k in accepted}
             options.update(per_target.get(name) or {})
             targets.append(build_target(ref, **options))

@@ -8,6 +8,9 @@ One invocation:
   4. records every outcome in the run's status.json and prints a progress line with an ETA.
 A failed run never stops the others. Rerunning the same command resumes: done runs are skipped,
 interrupted ones are relaunched and the trainer continues from its own checkpoint.
+
+Exit codes of `ablate run` (EXIT_*): 0 when every run is done or running in another process, 1 when
+some run failed, 2 for bad input (grid, overrides, options, a failed check), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ablations.grid import Grid, RunSpec, describe
+from mvm_targets.interrupts import raise_if_interrupted
 from ablations.status import (CONFIG_FILE, FAILURE_FILE, FINAL_FILE, LOCK_FILE, LOG_FILE, RUN_FILE, RunStatus,
                               current_slurm_job, default_runs_dir, effective_state, format_duration, format_metric,
                               headline, now_iso, pid_alive, process_start_ticks, read_json, read_status,
@@ -37,6 +41,7 @@ TERMINATE_GRACE_S = 20.0  # after SIGTERM, before SIGKILL
 CLAIM_MUTEX = ".claim"
 ARCHIVE_DIR = ".archive"
 EXIT_CONFIG, EXIT_NAN = 2, 3  # violet_core.train's exit codes
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # `ablate run`'s
 
 Say = Callable[[str], None]
 
@@ -463,6 +468,7 @@ class LocalPool:
         previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             while queue or active:
+                raise_if_interrupted()  # a Ctrl-C that something swallowed still stops the pool
                 while queue and free:
                     started = self._start(queue.popleft(), free[0], len(queue), active)
                     if started is not None:
@@ -574,8 +580,9 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
     """Bring every run of `grid` to done (or failed); returns the exit code for `ablate run`.
 
-    0: every run is done (or, with the Slurm launcher, submitted); 1: some run failed or is still
-    owned by another process.
+    EXIT_OK: every run is done, running in another process, or (Slurm launcher) submitted;
+    EXIT_FAILED: some run failed. Bad input raises ValueError (EXIT_BAD_INPUT in the CLI) before
+    anything is written; Ctrl-C raises KeyboardInterrupt (EXIT_INTERRUPTED).
     """
     if options.launcher not in ("local", "slurm"):
         raise ValueError(f"--launcher must be local or slurm, got '{options.launcher}'")
@@ -599,7 +606,7 @@ def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
     say(f"grid {grid.name}: {len(decisions)} runs in {runs_dir}: {len(to_run)} to run, {done} done, "
         f"{failed} failed" + (f", {len(elsewhere)} running elsewhere" if elsewhere else ""))
     if not to_run:
-        return 0 if failed == 0 and not elsewhere else 1
+        return EXIT_FAILED if failed else EXIT_OK
     from ablations.prepare import prepare_cache
 
     if options.launcher == "slurm":
@@ -611,10 +618,12 @@ def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
     progress = Progress(total=len(decisions), done=done, failed=failed, concurrency=1, durations=durations)
     pool = LocalPool(grid, code, options, progress, say)  # checks --gpus-per-run before any extraction
     prepare_cache(grid, say)
+    raise_if_interrupted()
     started = time.monotonic()
     result = pool.run(to_run)
     say(_final_line(grid, runs_dir, progress, result, time.monotonic() - started))
-    return 0 if progress.failed == 0 and progress.done == progress.total else 1
+    # every run not failed is done or was claimed by another process, which brings it to an end
+    return EXIT_FAILED if progress.failed else EXIT_OK
 
 
 def _duration(run_dir: Path) -> float | None:

@@ -15,7 +15,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Decode videos once, compute VIOLETv2's MVM targets, cache them in HDF5 shards.")
 
 CacheOpt = Annotated[Path, typer.Option("--cache", "--out", help="Cache folder.")]
-DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name (default: the input folder's name).")]
+
+
+def _dataset_name(value: Optional[str]) -> Optional[str]:
+    """--dataset names one folder of the cache: a path would read or write outside it."""
+    from mvm_targets.names import check_name
+
+    return None if value is None else check_name(value, "--dataset")
+
+
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name (default: the input folder's name).",
+                                                   callback=_dataset_name)]
 
 
 @app.command()
@@ -80,36 +90,52 @@ def extract(
     allow_pickle: Annotated[bool, typer.Option(help="Allow unpickling DALL-E's encoder.pkl (runs code from it).")]
     = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry videos that failed in an earlier run.")] = False,
-    video_root: Annotated[Optional[Path], typer.Option(help="Folder that relative paths in lists refer to.")] = None,
+    root: Annotated[Optional[Path], typer.Option(
+        "--root", "--video-root", help="Folder that relative paths in lists and tables refer to, and that keys are "
+        "relative to (default: each list's own folder; an entry outside it is an error).")] = None,
 ) -> None:
     """Decode each video once and cache frames plus every requested target."""
     from mvm_targets.extract import ExtractConfig, extract as run_extract
+    from mvm_targets.interrupts import raise_if_interrupted
+    from mvm_targets.settings import compression_filter, setting_problem
+    from mvm_targets.store.layout import ClipCache
+    from mvm_targets.store.manifest import read_manifest
     from mvm_targets.video.decode import SamplingConfig
-    from mvm_targets.video.inputs import default_dataset_name, discover_inputs
+    from mvm_targets.video.inputs import check_default_dataset, default_dataset_name, discover_inputs
 
     index = shard_index if shard_index is not None else int(os.environ.get("RANK", 0))
     count = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
     if not 0 <= index < count:
         raise MvmTargetsError(f"--shard-index {index} is outside 0..{count - 1}")
-    if short_videos not in ("skip", "repeat"):
-        raise MvmTargetsError(f"--short-videos must be 'skip' or 'repeat', got '{short_videos}'")
-    if weights not in ("pretrained", "random"):
-        raise MvmTargetsError(f"--weights must be 'pretrained' or 'random', got '{weights}'")
+    # every option is checked before a teacher is built or a video decoded
+    settings = {"frames": frames, "size": size, "batch_size": batch_size, "clips_per_shard": clips_per_shard,
+                "compression": compression, "short_videos": short_videos, "weights": weights}
+    if workers is not None:
+        settings["workers"] = workers
+    for name, value in settings.items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise MvmTargetsError(f"--{name.replace('_', '-')} {problem}")
+    dataset_name = dataset if dataset is not None else default_dataset_name(inputs)
     runtime = {"device": device, "weights": weights, "weights_dir": weights_dir, "allow_pickle": allow_pickle}
     targets = _build_targets(target, runtime, option or [])
     if workers is None:
         workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if device.startswith("cuda") else 0
-    items = discover_inputs(inputs, video_root)
+    items = discover_inputs(inputs, root)
+    sampling = SamplingConfig(num_frames=frames, size=size, short_videos=short_videos)
+    if dataset is None:
+        manifest = ClipCache(out / dataset_name / sampling.frames_id).manifest_path
+        check_default_dataset(items, dataset_name, read_manifest(manifest))
     config = ExtractConfig(
-        cache_root=out, dataset=dataset or default_dataset_name(inputs),
-        sampling=SamplingConfig(num_frames=frames, size=size, short_videos=short_videos),
+        cache_root=out, dataset=dataset_name, sampling=sampling,
         batch_size=batch_size, workers=workers, clips_per_shard=clips_per_shard,
-        compression=None if compression == "none" else compression, shard_index=index, num_shards=count,
+        compression=compression_filter(compression), shard_index=index, num_shards=count,
         retry_failed=retry_failed)
     typer.echo(f"dataset '{config.dataset}': {len(items)} videos; targets: "
                f"{', '.join(t.spec.target_id for t in targets)}; cache: {out / config.dataset / config.sampling.frames_id}"
                + (f"; share {index}/{count}" if count > 1 else ""))
     summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress))
+    raise_if_interrupted()  # a Ctrl-C swallowed after the last progress report
     failures = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
     earlier = (f", {summary.failed_earlier} failed or skipped in an earlier run (--retry-failed retries them)"
                if summary.failed_earlier else "")
@@ -241,6 +267,8 @@ def _parse_target_options(settings: list[str]) -> dict[str, dict[str, object]]:
 def _with_progress(job):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from mvm_targets.interrupts import raise_if_interrupted
+
     columns = [TextColumn("extract"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as progress:
@@ -248,6 +276,7 @@ def _with_progress(job):
         first_seen: list[int] = []  # videos already done before this run do not count towards the rate
 
         def update(completed: int, total: int) -> None:
+            raise_if_interrupted()  # between clips: stops a run whose Ctrl-C something swallowed
             first_seen[:] = first_seen or [completed]
             elapsed = progress.tasks[0].elapsed or 0.0
             progress.update(task, completed=completed, total=total,
@@ -257,14 +286,20 @@ def _with_progress(job):
 
 
 def main() -> None:
-    try:
-        app()
-    except (MvmTargetsError, ValueError, OSError) as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: committed shards are kept; rerun the same command to continue", err=True)
-        sys.exit(130)
+    from mvm_targets.interrupts import interrupt_guard, interrupted, report_interrupt
+
+    with interrupt_guard():
+        try:
+            app()  # always ends in SystemExit; typer turns a KeyboardInterrupt into a silent exit 130
+        except (MvmTargetsError, ValueError, OSError) as error:
+            if interrupted():
+                sys.exit(report_interrupt())
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(1 if isinstance(error, OSError) and error.errno == errno.ENOSPC else 2)  # full disk: not a usage error
+        except (KeyboardInterrupt, SystemExit):
+            if interrupted():
+                sys.exit(report_interrupt())
+            raise
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from mvm_targets.names import name_problem
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and the reason."""
@@ -202,6 +204,9 @@ def validate(config: RunConfig) -> None:
 
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device",
          f"'{config.device}' is not auto, cpu or cuda[:N]")
+    # both name a folder (<out_dir>/<name>, <data.cache>/<data.dataset>): a path would leave its parent
+    for key, value in (("name", config.name), ("data.dataset", config.data.dataset)):
+        need(name_problem(value) is None, key, str(name_problem(value)))
     need(config.precision in ("auto", "fp32", "bf16"), "precision", f"'{config.precision}' is not auto, fp32 or bf16")
     need(config.data.num_frames >= 1, "data.num_frames", "must be at least 1")
     need(config.data.size % 32 == 0 and config.data.size > 0, "data.size",

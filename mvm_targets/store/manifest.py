@@ -1,4 +1,9 @@
-"""The dataset manifest: key -> source path and captions, appended by extract, latest line wins."""
+"""The dataset manifest: key -> source path and captions, appended by extract, latest line wins.
+
+A key keeps one caption set: an extraction that gives a recorded key other captions is an error (it
+would silently replace the captions earlier runs trained on); one that gives none keeps the recorded
+ones. A changed path (the dataset moved, or another working directory) is recorded.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from mvm_targets.errors import InputError
 from mvm_targets.store.locking import exclusive_lock
-from mvm_targets.video.inputs import VideoItem
+from mvm_targets.video.inputs import VideoItem, shorten_captions
 
 
 def update_manifest(path: Path, items: Iterable[VideoItem]) -> int:
@@ -17,7 +23,14 @@ def update_manifest(path: Path, items: Iterable[VideoItem]) -> int:
     lines = []
     for item in items:
         record = {"key": item.key, "path": str(item.path), "captions": list(item.captions)}
-        if known.get(item.key) != record:
+        seen = known.get(item.key)
+        if seen is not None and seen.get("captions") and not item.captions:
+            record["captions"] = list(seen["captions"])
+        elif seen is not None and seen.get("captions") and set(seen["captions"]) != set(item.captions):
+            raise InputError(f"{path}: key '{item.key}' is recorded with other captions "
+                             f"({shorten_captions(seen['captions'])}, now {shorten_captions(item.captions)}); "
+                             "a dataset keeps one caption set per key: extract this input into another --dataset")
+        if seen != record:
             lines.append(json.dumps(record) + "\n")
     if lines:
         path.parent.mkdir(parents=True, exist_ok=True)
