@@ -181,16 +181,17 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(workspace, monkeypatch, 
 @pytest.mark.parametrize("backbone_lr_mult", [1.0, 0.0], ids=["trained", "frozen"])
 def test_torchrun_two_cpu_processes_with_gloo(workspace, backbone_lr_mult):
     name = f"ddp_{'frozen' if backbone_lr_mult == 0 else 'trained'}"
-    config = write_config(workspace, name, mvm={"targets": ["hog"]},
+    # CPU and gloo even on a CUDA host: the config says cpu, and no GPU is visible to the workers
+    config = write_config(workspace, name, device="cpu", mvm={"targets": ["hog"]},
                           pretrain={"optim": {"steps": 2, "batch_size": 4, "lr": 1e-3,
                                               "backbone_lr_mult": backbone_lr_mult}})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "violet_core.train", str(config)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((workspace / "runs" / name / "final.json").read_text())
-    assert final["world_size"] == 2
+    assert final["world_size"] == 2 and final["device"] == "cpu"
     steps = read_metrics(workspace / "runs" / name)
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[-1]["samples"] == 2 * 4 * 2  # two steps x 4 clips x 2 processes
