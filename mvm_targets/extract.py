@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from mvm_targets.decode_pool import DecodeFailure, decode_in_order
 from mvm_targets.store import schema
+from mvm_targets.store.damage import open_shard, read
+from mvm_targets.store.diskspace import is_out_of_space, raise_if_out_of_space
 from mvm_targets.store.layout import ClipCache
 from mvm_targets.store.ledger import Ledger, LedgerEntry
 from mvm_targets.store.manifest import update_manifest
@@ -98,6 +99,12 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
             if on_progress:
                 on_progress(completed, len(mine))
         writer.add_batch(batch)
+    except OSError as error:
+        if is_out_of_space(error):
+            writer.discard()  # nothing more can be written: a rerun computes the buffered clips again
+            raise_if_out_of_space(error, error.filename or clip_cache.root, None,
+                                  "free some space and rerun the same command")
+        raise
     finally:
         writer.flush()  # on Ctrl-C too: clips already computed are committed, not lost
         summary.seconds = time.perf_counter() - started
@@ -120,13 +127,15 @@ def _read_cached_clips(items: list[VideoItem], frames_set: ShardSet) -> Iterator
         rows = [(row, key) for row, key in enumerate(keys) if key in by_key]
         if not rows:
             continue
-        with h5py.File(frames_set.directory / shard_name, "r") as handle:
+        path = frames_set.directory / shard_name
+        with open_shard(path) as handle:
             for row, key in rows:
-                source = json.loads(handle[schema.SOURCES][row])
+                source = json.loads(read(handle, schema.SOURCES, row, path, key))
                 source.pop("key", None)
-                yield by_key[key], DecodedClip(key=key, frames=handle[schema.DATA][row],
-                                               frame_indices=handle[schema.FRAME_INDICES][row],
-                                               timestamps=handle[schema.TIMESTAMPS][row], source=source)
+                yield by_key[key], DecodedClip(key=key, frames=read(handle, schema.DATA, row, path, key),
+                                               frame_indices=read(handle, schema.FRAME_INDICES, row, path, key),
+                                               timestamps=read(handle, schema.TIMESTAMPS, row, path, key),
+                                               source=source)
 
 
 def _unique(targets: Sequence[Target]) -> list[Target]:
@@ -217,17 +226,30 @@ class _BufferedWriter:
             self.flush()
 
     def flush(self) -> None:
-        entries = []
+        """Commit every buffered set, each shard with its ledger lines (appended under the set's lock;
+        if that append fails the shard is withdrawn), so shards and ledger agree even when a full
+        disk stops us between two sets."""
         for set_id, records in self.buffers.items():
             if not records:
                 continue
-            result = self.sets[set_id].commit(records, self.attrs[set_id], self.config.compression)
+
+            def record_done(result, set_id=set_id, records=records):
+                # keys missing from `result` were committed meanwhile by another process, in another shard
+                self.ledger.append(LedgerEntry(r.key, set_id, "done", shard=result.shard.name
+                                               if r.key in result.keys else "") for r in records)
+
+            result = self.sets[set_id].commit(records, self.attrs[set_id], self.config.compression,
+                                              on_commit=record_done)
+            if result.shard is None:  # every clip was committed by another process meanwhile
+                self.ledger.append(LedgerEntry(r.key, set_id, "done") for r in records)
             self.summary.bytes_written += result.bytes_written
-            shard = result.shard.name if result.shard else ""
-            entries += [LedgerEntry(r.key, set_id, "done", shard=shard) for r in records]
             self.buffers[set_id] = []
-        self.ledger.append(entries)
         self.summary.done += len(self.pending_done)
+        self.pending_done = {}
+
+    def discard(self) -> None:
+        """Drop what is buffered (after a write failed: retrying it at exit would fail the same way)."""
+        self.buffers = {set_id: [] for set_id in self.buffers}
         self.pending_done = {}
 
 

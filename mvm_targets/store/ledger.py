@@ -2,6 +2,7 @@
 
 Appends happen under an flock and are fsynced. A process killed mid-write can leave one partial
 last line; readers skip it (and only it: a malformed line anywhere else is reported by verify).
+An append that fails (a full disk) is cut back to the old length, so it never leaves one.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
+from mvm_targets.store.diskspace import raise_if_out_of_space
+from mvm_targets.store.files import append_text
 from mvm_targets.store.locking import exclusive_lock
 
-Status = Literal["done", "failed", "skipped"]
+# "redo": `verify --repair` moved the clip's shard to quarantine; the next extract computes it again.
+Status = Literal["done", "failed", "skipped", "redo"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,13 @@ class Ledger:
                         for e in entries)
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(self.path.with_name(self.path.name + ".lock")):
-            with self.path.open("a") as handle:
-                handle.write(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive_lock(self.path.with_name(self.path.name + ".lock")):
+                append_text(self.path, lines)  # all lines or none: a failed append is cut back
+        except OSError as error:
+            raise_if_out_of_space(error, self.path, len(lines.encode()), "free some space and rerun")
+            raise
 
     def read(self) -> tuple[list[LedgerEntry], list[int]]:
         """All entries, plus the line numbers of malformed lines (a torn last line is dropped silently)."""

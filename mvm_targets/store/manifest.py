@@ -8,11 +8,12 @@ ones. A changed path (the dataset moved, or another working directory) is record
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 from mvm_targets.errors import InputError
+from mvm_targets.store.diskspace import raise_if_out_of_space
+from mvm_targets.store.files import append_text
 from mvm_targets.store.locking import exclusive_lock
 from mvm_targets.video.inputs import VideoItem, shorten_captions
 
@@ -33,11 +34,13 @@ def update_manifest(path: Path, items: Iterable[VideoItem]) -> int:
         if seen != record:
             lines.append(json.dumps(record) + "\n")
     if lines:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(path.with_name(path.name + ".lock")), path.open("a") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive_lock(path.with_name(path.name + ".lock")):
+                append_text(path, "".join(lines))
+        except OSError as error:
+            raise_if_out_of_space(error, path, sum(len(line.encode()) for line in lines), "free some space and rerun")
+            raise
     return len(lines)
 
 

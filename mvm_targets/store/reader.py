@@ -1,7 +1,8 @@
 """Read clips back by key: the frames plus any set of cached targets.
 
 Safe with DataLoader workers: the index (key -> shard, row) is built from short-lived handles
-before any fork, and HDF5 files are opened lazily, per process, on first access.
+before any fork, and HDF5 files are opened lazily, per process, on first access. A damaged shard
+(truncated, or a chunk failing its checksum) raises `DamagedShardError` naming the file and clip.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import h5py
 import numpy as np
 
 from mvm_targets.store import schema
+from mvm_targets.store.damage import open_shard, read
 from mvm_targets.store.layout import DEFAULT_CACHE, open_clip_cache
 from mvm_targets.store.manifest import read_manifest
 from mvm_targets.store.shard_set import ShardSet
@@ -58,29 +60,29 @@ class CacheReader:
 
     def __getitem__(self, item: int | str) -> dict:
         key = self.keys[item] if isinstance(item, (int, np.integer)) else item
-        frames_at = self._index["frames"][key]
-        handle = self._open(frames_at.shard)
+        at = self._index["frames"][key]
+        handle = self._open(at.shard)
         clip = {
             "key": key,
-            "frames": handle[schema.DATA][frames_at.row],
-            "frame_indices": handle[schema.FRAME_INDICES][frames_at.row],
-            "timestamps": handle[schema.TIMESTAMPS][frames_at.row],
+            "frames": read(handle, schema.DATA, at.row, at.shard, key),
+            "frame_indices": read(handle, schema.FRAME_INDICES, at.row, at.shard, key),
+            "timestamps": read(handle, schema.TIMESTAMPS, at.row, at.shard, key),
             "captions": list(self.captions.get(key, [])),
         }
         if self.include_pixel:
             clip["pixel"] = np.ascontiguousarray(clip["frames"].transpose(0, 3, 1, 2))
         for ref in self.target_refs:
-            location = self._index[ref][key]
-            target_handle = self._open(location.shard)
-            clip[ref] = target_handle[schema.DATA][location.row]
-            for name, dataset in target_handle.get(schema.EXTRAS_GROUP, {}).items():
-                clip[f"{ref}/{name}"] = dataset[location.row]
+            at = self._index[ref][key]
+            target_handle = self._open(at.shard)
+            clip[ref] = read(target_handle, schema.DATA, at.row, at.shard, key)
+            for name in target_handle.get(schema.EXTRAS_GROUP, {}):
+                clip[f"{ref}/{name}"] = read(target_handle, f"{schema.EXTRAS_GROUP}/{name}", at.row, at.shard, key)
         return clip
 
     def attrs(self, ref: str = "frames") -> dict:
         """The self-description of a set (its first shard's attributes, JSON fields decoded)."""
         location = next(iter(self._index[ref].values()))
-        with h5py.File(location.shard, "r") as handle:
+        with open_shard(location.shard) as handle:
             return {k: _decode_attr(v) for k, v in handle.attrs.items()}
 
     def _open(self, path: Path) -> h5py.File:
@@ -88,7 +90,7 @@ class CacheReader:
             self._handles, self._pid = {}, os.getpid()
         handle = self._handles.get(path)
         if handle is None:
-            handle = self._handles[path] = h5py.File(path, "r")
+            handle = self._handles[path] = open_shard(path)
         return handle
 
     def close(self) -> None:

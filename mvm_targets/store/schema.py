@@ -4,6 +4,7 @@
     cache/<dataset>/<frames_id>/ledger.jsonl            per (key, set): done / failed / skipped
     cache/<dataset>/<frames_id>/frames/shard-*.h5       the decoded clips, (T, S, S, 3) uint8
     cache/<dataset>/<frames_id>/<target_id>/shard-*.h5  one shard set per target configuration
+    cache/<dataset>/quarantine/<time>/...               damaged shards moved aside by `verify --repair`
 
 `frames_id` = `frames-t{T}-s{S}-{hash of the sampling config}`; `target_id` =
 `{name}-{variant}-{hash of the target config}`. A new target or configuration is a new folder:
@@ -22,6 +23,7 @@ FRAMES_SET = "frames"
 SHARD_GLOB = "shard-*.h5"
 LEDGER_NAME = "ledger.jsonl"
 MANIFEST_NAME = "manifest.jsonl"
+QUARANTINE_DIR = "quarantine"  # under the dataset folder; keeps each moved file's path below it
 
 # Datasets inside a shard; every one has the clip axis first and one chunk per clip.
 KEYS = "keys"
