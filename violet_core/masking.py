@@ -333,7 +333,8 @@ class MaskSampler:
                      attention: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
         """-> (mask (B, T, h, w) bool, the strategy each sample used).
 
-        attention: (B, T, h, w) scores, required when "am" is among the strategies.
+        attention: (B, T, h, w) scores, required when "am" is among the strategies. AM here picks
+        video cells only, in either mode; paper mode's joint video-and-text draw is in `sample`.
         """
         _check_grid(batch, frames, h, w)
         if self.needs_attention:
@@ -423,7 +424,8 @@ class MaskSampler:
                 video[rows] = part.to(dev)
                 failed = rows[~text.any(dim=1).to(rows.device)]
                 if failed.numel():  # no MLM label drawn: the released code redraws the sample as RM
-                    video[failed] = random_mask(failed.numel(), frames, h, w, PAPER_RATIO, generator, paper=True).to(dev)
+                    redrawn = random_mask(failed.numel(), frames, h, w, PAPER_RATIO, generator, paper=True)
+                    video[failed] = redrawn.to(dev)
                     chosen[failed.to(chosen.device)] = coins[failed.to(coins.device)]
             elif mask_video:
                 draw = random_mask if name == "rm" else block_mask

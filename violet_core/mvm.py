@@ -320,7 +320,8 @@ def vtm_loss(scores: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
 CONTRASTIVE_REDUCTIONS = ("mean", "sum")
 
 
-def symmetric_contrastive_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean") -> torch.Tensor:
+def symmetric_contrastive_loss(scores: torch.Tensor, temperature: float = 0.05,
+                               reduction: str = "mean") -> torch.Tensor:
     """scores (B, B), row = video, column = text, diagonal positive -> CE over rows and over columns, fp32.
 
     reduction "mean" averages the two directions (a loss on the scale of one CE); "sum" adds them,
@@ -329,7 +330,8 @@ def symmetric_contrastive_loss(scores: torch.Tensor, temperature: float = 0.05, 
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"contrastive scores must be square (B, B), got {tuple(scores.shape)}")
     if reduction not in CONTRASTIVE_REDUCTIONS:
-        raise ValueError(f"unknown contrastive reduction {reduction!r}; choose from {', '.join(CONTRASTIVE_REDUCTIONS)}")
+        raise ValueError(f"unknown contrastive reduction {reduction!r}; "
+                         f"choose from {', '.join(CONTRASTIVE_REDUCTIONS)}")
     labels = torch.arange(scores.shape[0], device=scores.device)
     logits = scores.float() / temperature
     total = fp32_cross_entropy(logits, labels) + fp32_cross_entropy(logits.t(), labels)
