@@ -55,6 +55,10 @@ class PretrainDataset(Dataset):
         hflip_prob: probability of a horizontal flip.
         approximate_flips: mirror targets that refuse flips (their cached values, not the teacher's
             output on the mirrored clip); off, such a target with `hflip_prob` > 0 is a ConfigError.
+            Targets recomputed on flipped frames run their kernels in the process that builds the
+            item. numba's OpenMP layer aborts a process that forks after running parallel kernels, so
+            a process that has computed such targets itself must not then start DataLoader workers
+            (the trainer's main process never computes them).
         random_crop: random grid-aligned crop when S is below the cached size, else the centre crop.
         random_window: random temporal window when T is below the cached T, else the centre window.
         seed: base of every random draw.
