@@ -112,6 +112,9 @@ def test_unpaired_seeds_are_flagged(toy, tmp_path):
     messages = [f.message for f in report.flags if f.kind == "unpaired"]
     assert messages == ["Δ of target=hog against target=none uses 3 pairs: seed 4 only in target=hog; "
                         "seed 3 only in target=none"]
+    by_label = write_report(toy, tmp_path / "labelled", {"target": "none"}, rows=["target"])
+    assert [f.message for f in by_label.flags if f.kind == "unpaired"] == messages
+    assert by_label.card.base == "target=none (baseline, 5 runs)"
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert {"ci95_low", "ci95_high", "delta_ci95_low", "delta_ci95_high", "p_signflip", "p_method", "n_pairs",
             "only_in_cell", "only_in_baseline"} <= set(summary.columns)

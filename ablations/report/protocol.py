@@ -18,66 +18,48 @@ import pandas as pd
 
 from ablations.grid import format_value
 from ablations.report.flags import counted
-from ablations.report.load import cell_name, cell_of, config_value, is_number, natural, parse_json, render_factor
+from ablations.report.load import (cell_name, cell_of, cell_value, config_value, factor_columns, is_number, natural,
+                                   parse_json, render_factor)
 
-# The paper's protocol as its official code (tsujuifu/pytorch_empirical-mvm) runs it; keys are this
-# project's config keys, or a name of our own where no single key holds the setting.
+# The paper's protocol as its official code (tsujuifu/pytorch_empirical-mvm) runs it; keys are this project's config
+# keys, or a name of our own where no single key holds the setting. Each comment says where the value comes from.
 PAPER: dict[str, Any] = {
-    # model.py, visbackbone/video_swin.py: the video encoder is Video Swin-B (embed 128, depths 2-2-18-2)
-    "model.video_backbone": "swin-b",
-    # _args/args_pretrain.json vis_backbone_init "3d", kinetics 600: the video encoder starts from the
-    # Kinetics-600 / ImageNet-22K Video Swin-B release (swin_base_patch244_window877_kinetics600_22k.pth)
+    "model.video_backbone": "swin-b",  # model.py, visbackbone/video_swin.py: Video Swin-B (embed 128, 2-2-18-2)
+    # _args/args_pretrain.json vis_backbone_init "3d", kinetics 600: the Kinetics-600 / ImageNet-22K release
     "model.backbone_weights": "swin_base_patch244_window877_kinetics600_22k.pth",
-    # the trainer's optimiser groups: vis_backbone_lr_mul 1, so the video encoder trains at the full lr
-    "optim.backbone_lr_mult": 1.0,
-    # model.py: the fusion encoder is bert-base-uncased's (12 layers, 768 wide, 12 heads), loaded from BERT,
-    # and the text goes through BERT's embeddings; the tokenizer is bert-base-uncased's WordPiece
-    "model.text_weights": "bert-base-uncased",
-    "data.tokenizer": "bert-base-uncased",
-    "model.hidden": 768,
-    "model.layers": 12,
-    "model.heads": 12,
-    # _args/args_pretrain.json size_frame 4; the finetuning configs (_args/_best/*.json) use 5
-    "data.num_frames": 4,
-    "downstream.num_frames": 5,
-    # size_img 224 and size_txt 32 (pretraining)
-    "data.size": 224,
-    "data.max_text_len": 32,
-    # _args/args_pretrain.json pretrain_masks ["rm", "bm"], one drawn per sample
-    "mask.strategies": ("rm", "bm"),
-    # the final model's video ratio: checkpoint ckpt_pretrain_..._rm-bm_0.3_ep10.pt and the author's reply
-    # on the VIOLET repository (the released masking() keeps its default p_mask 0.15)
+    "optim.backbone_lr_mult": 1.0,  # the trainer's optimiser groups: vis_backbone_lr_mul 1, the backbone trains
+    "model.text_weights": "bert-base-uncased",  # model.py: the fusion encoder is loaded from bert-base-uncased
+    "data.tokenizer": "bert-base-uncased",  # dataset.py: AutoTokenizer of bert-base-uncased (WordPiece)
+    "model.hidden": 768,  # model.py: BERT-base fusion encoder, 768 wide
+    "model.layers": 12,  # ... 12 layers
+    "model.heads": 12,  # ... 12 attention heads
+    "data.num_frames": 4,  # _args/args_pretrain.json size_frame 4
+    "downstream.num_frames": 5,  # _args/_best/*.json (finetuning) size_frame 5
+    "data.size": 224,  # _args/args_pretrain.json size_img 224
+    "data.max_text_len": 32,  # _args/args_pretrain.json size_txt 32
+    "mask.strategies": ("rm", "bm"),  # _args/args_pretrain.json pretrain_masks, one drawn per sample
+    # the final model's video ratio: checkpoint ckpt_pretrain_..._rm-bm_0.3_ep10.pt and the author's reply on the
+    # VIOLET repository (the released masking() keeps its default p_mask 0.15)
     "mask.ratio": 0.3,
-    # masking(): text tokens are masked with p_mask 0.15
-    "mask.text_ratio": 0.15,
-    # masking(): video cells are chosen only when "mvm" is among pretrain_tasks, so the no-MVM
-    # baseline trains on clean video
+    "mask.text_ratio": 0.15,  # masking(): text tokens masked with p_mask 0.15
+    # masking(): video cells are drawn only when "mvm" is among pretrain_tasks: the no-MVM baseline sees clean video
     "mask.video_without_mvm": False,
-    # calc_mvm_loss(): each target's own scaling (/3 for pixel and features, /2 for flow, ...)
-    "mvm.normalization": "paper",
-    # the total loss is MLM + VTM + MVM, every weight 1
-    "mvm.weight": 1.0,
-    # VIOLET_Pretrain.forward(): O = min(B, 4) texts per video, the positive and 3 in-batch negatives
-    "pretrain.vtm_negatives": 3,
-    # args temp 0.05: VTM logits in pretraining, NormSoftmaxLoss in retrieval finetuning
-    "pretrain.temperature": 0.05,
-    "downstream.temperature": 0.05,
-    # _args/args_pretrain.json lr 5e-5; the finetuning configs use 2e-5
-    "pretrain.optim.lr": 5e-5,
-    "downstream.optim.lr": 2e-5,
-    # size_batch 20 per GPU, 8 GPUs in the README's pretraining command
-    "pretrain.batch": 160,
-    # the trainer's AdamW: betas (0.9, 0.98), decay 1e-3; WarmupLinearLR warms up over 10 %; clip 1.0
-    "optim.betas": (0.9, 0.98),
-    "optim.weight_decay": 1e-3,
-    "optim.warmup_ratio": 0.1,
-    "optim.grad_clip": 1.0,
-    # dataset.py img_rand_crop: resize, random crop, normalise; nothing in training flips a frame
-    "data.hflip_prob": 0.0,
-    "data.approximate_flips": False,
-    # the teachers are pretrained networks (DPT-Large, RAFT-Large, DALL-E, Swin-B, Video Swin-B)
-    "teacher_weights": "pretrained",
-    # "All variants are pre-trained on WebVid for 5 epochs" (quoted by the authors' repository issues)
+    "mvm.normalization": "paper",  # calc_mvm_loss(): per-target scales (/3 pixel, depth, features; /2 flow)
+    "mvm.weight": 1.0,  # main_pretrain.py step(): ls = ls_mtm + ls_vtm + ls_mvm, every weight 1
+    "pretrain.vtm_negatives": 3,  # VIOLET_Pretrain.forward(): min(B, 4) texts per video, 3 of them negatives
+    "pretrain.temperature": 0.05,  # args temp 0.05 divides the VTM logits
+    "downstream.temperature": 0.05,  # main_retrieval.py NormSoftmaxLoss temperature 0.05
+    "pretrain.optim.lr": 5e-5,  # _args/args_pretrain.json lr
+    "downstream.optim.lr": 2e-5,  # _args/_best/*.json lr
+    "pretrain.batch": 160,  # size_batch 20 per GPU x 8 GPUs in the README's pretraining command
+    "optim.betas": (0.9, 0.98),  # the trainer's AdamW betas
+    "optim.weight_decay": 1e-3,  # decay 1e-3, none on bias and LayerNorm
+    "optim.warmup_ratio": 0.1,  # WarmupLinearLR: linear warm-up over 10 % of the steps
+    "optim.grad_clip": 1.0,  # gradient clipping at norm 1.0
+    "data.hflip_prob": 0.0,  # dataset.py img_rand_crop: resize, random crop, normalise; no flip in training
+    "data.approximate_flips": False,  # no flips, so no flipped copies of targets either
+    "teacher_weights": "pretrained",  # the teachers are pretrained (DPT-Large, RAFT-Large, DALL-E, Swin-B, ...)
+    # "All variants are pre-trained on WebVid for 5 epochs", quoted from the paper in the official repository's issues
     "pretrain.length": "5 epochs of WebVid-2.5M",
 }
 RELEASED_P_MASK = 0.15  # mask.paper reproduces the released masking(): p_mask 0.15 for video and text
@@ -103,12 +85,18 @@ def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any
     records = runs.to_dict("records")
     cells = sorted({cell_of(r, rows) for r in records}, key=lambda c: tuple(natural(v) for v in c))
     base = {k: render_factor(v) for k, v in (baseline or {}).items()}
-    chosen = [c for c in cells if all(c[rows.index(k)] == v for k, v in base.items() if k in rows)] or cells
-    members = [r for r in records if chosen and cell_of(r, rows) == chosen[0]]
-    name = cell_name(dict(zip(rows, chosen[0])), labels) if chosen else "(no runs)"
-    base_text = f"{name} ({'baseline' if base else 'first cell'}, {len(members)} run{'s' * (len(members) != 1)})"
-    axes = [(labels.get(r, r), ", ".join(format_value(v) for v in sorted({c[i] for c in cells}, key=natural)))
-            for i, r in enumerate(rows)]
+    # the baseline may fix only some row factors: then every cell it matches is the base
+    chosen = [c for c in cells if all(c[rows.index(k)] == v for k, v in base.items() if k in rows)] if base else []
+    if chosen:
+        name, role = cell_name(base, labels), "baseline"
+    else:
+        chosen = cells[:1]
+        name, role = (cell_name(dict(zip(rows, cells[0])), labels) if cells else "(no runs)"), "first cell"
+    members = [r for r in records if cell_of(r, rows) in chosen]
+    base_text = f"{name} ({role}, {len(members)} run{'s' * (len(members) != 1)})"
+    axes = [(labels.get(f, f), ", ".join(format_value(v) for v in sorted({cell_value(r[f]) for r in records},
+                                                                          key=natural)))
+            for f in factor_columns(df)]
     seeds = sorted({r["seed"] for r in records if r["seed"] is not None and r["seed"] == r["seed"]})
     axes.append(("seed", ", ".join(str(s) for s in seeds) or "not recorded"))
     configs = [c for c in (parse_json(r["config"]) for r in members) if c]
@@ -293,7 +281,8 @@ def _compare(cfg: _Configs, done: Sequence[Mapping[str, Any]]) -> tuple[list[str
     random_refs = {ref: c["random"] for ref, c in _teachers(done).items() if c.get("random")}
     if random_refs:
         deviations.append("random-weight teachers: " + ", ".join(
-            f"{ref} ({n} run{'s' * (n != 1)})" for ref, n in sorted(random_refs.items())))
+            f"{ref} ({n} run{'s' * (n != 1)})" for ref, n in sorted(random_refs.items()))
+            + f" (paper: {PAPER['teacher_weights']})")
     return deviations, matches
 
 

@@ -45,6 +45,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, baseline: Mapping[str, A
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = df.attrs.get("labels", {})
     rows = resolve_rows(df, rows)
+    # baseline keys may be labels ("target"); everything below reads factor keys ("mvm.targets")
+    baseline = {resolve_rows(df, [k])[0]: v for k, v in baseline.items()} if baseline else None
     summary = summarize(df, rows, baseline, metrics, bootstrap=bootstrap)
     flags = list(extra_flags) + find_flags(df, rows, expected) + unpaired_flags(summary, rows, baseline, labels)
     present = metric_order(summary["metric"].unique()) if not summary.empty else []
@@ -115,7 +117,8 @@ def _markdown(df: pd.DataFrame, summary: pd.DataFrame, rows: list[str], headline
                      f"else a Monte-Carlo estimate from {MC_DRAWS} patterns with a fixed seed (marked MC).")
     if bootstrap:
         lines.append(f"*bootstrap* intervals: 95 % percentile intervals from {bootstrap} resamples of seeds within "
-                     "the cell (of pairs for Δ), fixed seed.")
+                     "the cell (of pairs for Δ), fixed seed; with fewer than about 10 seeds they are too narrow "
+                     "(they never reach beyond the values seen), so prefer the t-intervals.")
     for metric, chart in zip(headline, charts):
         part = summary[summary["metric"] == metric]
         chance = part["chance"].dropna()
@@ -163,17 +166,17 @@ def _bar_chart(part: pd.DataFrame, rows: list[str], metric: str, labels: Mapping
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = [",".join(format_value(record[r]) for r in rows) or "all" for record in part.to_dict("records")]
+    names = [(",".join(format_value(record[r]) for r in rows) or "all") + f"\n(n={record['n']})"
+             for record in part.to_dict("records")]
     means = part["mean"].tolist()
-    # asymmetric whiskers from the interval ends; a cell with one seed has no interval, so no whisker
-    lows = [0.0 if math.isnan(lo) else m - lo for m, lo in zip(means, part["ci95_low"])]
-    highs = [0.0 if math.isnan(hi) else hi - m for m, hi in zip(means, part["ci95_high"])]
+    # whiskers from the interval ends; a cell with one seed has no interval, and NaN draws no whisker
+    lows = [m - lo for m, lo in zip(means, part["ci95_low"])]
+    highs = [hi - m for m, hi in zip(means, part["ci95_high"])]
     colours = ["tab:gray" if b else "tab:blue" for b in part["is_baseline"]]
     figure = Figure(figsize=(max(4.0, 0.8 * len(names) + 2), 3.8))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    bars = axes.bar(range(len(names)), means, yerr=[lows, highs], capsize=4, color=colours)
-    axes.bar_label(bars, labels=[f"n={n}" for n in part["n"]], label_type="center", color="white", fontsize=8)
+    axes.bar(range(len(names)), means, yerr=[lows, highs], capsize=4, color=colours)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
     axes.set_xlabel(", ".join(labels.get(r, r) for r in rows))
     axes.set_ylabel(metric)
