@@ -116,6 +116,8 @@ def test_hand_built_config_lists_its_deviations(tmp_path):
     teachers = settings["teachers (all done runs)"]
     assert teachers.startswith("sif: ") and sorted(teachers[5:].split(", ")) == ["pretrained (1 run)", "random (1 run)"]
     assert settings["cache frames"] == "codec/compression not recorded"
+    from_grid = dict(build_card(df, ["mvm.targets"], {"mvm.targets": []}, cache={"compression": "gzip"}).settings)
+    assert from_grid["cache frames"] == "compression gzip (grid file)"
 
 
 def test_paper_faithful_config_has_no_deviations(tmp_path):

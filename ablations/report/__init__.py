@@ -49,9 +49,10 @@ def report_main(runs: Sequence[str | Path], out_dir: str | Path, baseline: Mappi
             extra.append(Flag("no_baseline", f"the grid's baseline {cell_name(baseline, labels)} has no run here: "
                                              "no Δ"))
             baseline = None
-    expected = [run.factors for run in load_grid(grid).runs] if grid is not None else None
+    spec = load_grid(grid) if grid is not None else None
+    expected = [run.factors for run in spec.runs] if spec else None
     return write_report(df, out_dir, baseline, rows=rows, metrics=metrics, expected=expected, bootstrap=bootstrap,
-                        extra_flags=extra).files
+                        extra_flags=extra, cache=spec.cache if spec else None).files
 
 
 __all__ = ["Flag", "Report", "load_runs", "render_factor", "factor_columns", "summarize", "find_flags", "write_report",

@@ -78,8 +78,10 @@ class ProtocolCard:
     note: str = ""  # why the card is partial (no config.yaml in the base cell's runs)
 
 
-def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any] | None) -> ProtocolCard:
-    """The card for the runs of `df` (a `load_runs` frame), described from its base cell."""
+def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any] | None,
+               cache: Mapping[str, Any] | None = None) -> ProtocolCard:
+    """The card for the runs of `df` (a `load_runs` frame), described from its base cell; `cache` is
+    the grid file's cache section, when known, for the frames' storage settings."""
     labels = df.attrs.get("labels", {})
     runs = df.drop_duplicates("run_id")
     records = runs.to_dict("records")
@@ -105,7 +107,7 @@ def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any
         return ProtocolCard(base_text, [], axes, [], [], note="no config.yaml in the base cell's runs: "
                                                                "settings and deviations unknown")
     cfg = _Configs(configs, members)
-    return ProtocolCard(base_text, _settings(cfg, members, done), axes, *_compare(cfg, done))
+    return ProtocolCard(base_text, _settings(cfg, members, done, cache or {}), axes, *_compare(cfg, done))
 
 
 class _Configs:
@@ -169,8 +171,8 @@ def _teachers(done: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
     return by_ref
 
 
-def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]],
-              done: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str, Any]],
+              cache: Mapping[str, Any]) -> list[tuple[str, str]]:
     v = cfg.text
 
     def init(key: str, missing: str) -> str:
@@ -205,7 +207,8 @@ def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]],
                        f"temperature {v('downstream.temperature')}"),
         ("flips", f"hflip_prob {v('data.hflip_prob')}, approximate flips {v('data.approximate_flips', False)}"),
         ("teachers (all done runs)", teachers or "none recorded"),
-        ("cache frames", "; ".join(frames) or "codec/compression not recorded"),
+        ("cache frames", "; ".join(frames) or (f"compression {cache['compression']} (grid file)"
+                                               if "compression" in cache else "codec/compression not recorded")),
     ]
 
 

@@ -34,9 +34,10 @@ class Report:
 def write_report(df: pd.DataFrame, out_dir: str | Path, baseline: Mapping[str, Any] | None = None,
                  rows: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
                  headline: Sequence[str] | None = None, expected: Iterable[Mapping[str, Any]] | None = None,
-                 decimals: int = 2, bootstrap: int = 0, extra_flags: Sequence[Flag] = ()) -> Report:
+                 decimals: int = 2, bootstrap: int = 0, extra_flags: Sequence[Flag] = (),
+                 cache: Mapping[str, Any] | None = None) -> Report:
     """Write summary.csv, comparison.csv, report.md and <metric>.png charts into `out_dir`
-    (plus iqm.csv with `bootstrap` > 0 draws).
+    (plus iqm.csv with `bootstrap` > 0 draws). `cache` is the grid file's cache section, when known.
 
     Headline metrics (tables in report.md, charts, IQM) default to the retrieval and QA metrics
     present, else every metric. Returns the written files, the flags, the summary and the card.
@@ -51,7 +52,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, baseline: Mapping[str, A
     flags = list(extra_flags) + find_flags(df, rows, expected) + unpaired_flags(summary, rows, baseline, labels)
     present = metric_order(summary["metric"].unique()) if not summary.empty else []
     headline = [m for m in (headline or HEADLINE) if m in present] or present
-    card = build_card(df, rows, baseline)
+    card = build_card(df, rows, baseline, cache)
     iqm = interquartile_means(df, rows, headline, bootstrap) if bootstrap > 0 and headline else None
 
     files = [out_dir / "summary.csv", out_dir / "comparison.csv", out_dir / "report.md"]
