@@ -190,7 +190,10 @@ def test_flip_through_the_dataset_moves_video_and_targets_together(store):
     rows, cols = slice(32 * aug["top"], 32 * aug["top"] + 32), slice(32 - 32 * aug["left"], 64 - 32 * aug["left"])
     for ref in ("hog:paper", "hog:maskfeat"):
         whole = build_target(ref).compute(np.ascontiguousarray(window)[None])["data"][0]
-        want = whole[:, rows, cols] if ref == "hog:paper" else whole.reshape(3, 2, 2, 432)[:, aug["top"], 1 - aug["left"]]
+        if ref == "hog:paper":
+            want = whole[:, rows, cols]
+        else:  # patch (top, left) of the clip is patch (top, 1 - left) of its mirror
+            want = whole.reshape(3, 2, 2, 432)[:, aug["top"], 1 - aug["left"]]
         stored = "hog" if ref == "hog:paper" else ref
         assert np.array_equal(flipped["targets"][stored].numpy().reshape(want.shape), want.astype(np.float32))
 

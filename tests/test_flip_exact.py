@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from mvm_targets.extract import ExtractConfig, extract
@@ -29,7 +28,7 @@ from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
 from violet_core import train as train_module
 from violet_core.config import ConfigError
-from violet_core.data.augment import crop_clip, hflip_clip, target_augmentation
+from violet_core.data.augment import crop_clip, target_augmentation
 from violet_core.data.pretrain import PretrainDataset
 from violet_core.data.tokenizer import build_tokenizer
 from violet_core.target_info import read_target_infos
@@ -119,7 +118,8 @@ def hog_reader() -> MemoryReader:
 # ---- declarations ---------------------------------------------------------------------------------
 
 def test_declarations_are_stamped_and_found_for_caches_without_them():
-    stamped = {ref: json.loads(build_target(ref).spec.to_json(T, S)) for ref in ("hog:paper", "hog:maskfeat", "flow:dis")}
+    refs = ("hog:paper", "hog:maskfeat", "flow:dis")
+    stamped = {ref: json.loads(build_target(ref).spec.to_json(T, S)) for ref in refs}
     assert {ref: (s["flip"], s["crop"]) for ref, s in stamped.items()} == {
         "hog:paper": ("recompute", "border"), "hog:maskfeat": ("recompute", "border"), "flow:dis": ("exact", "context")}
     for spec in stamped.values():  # an old cache: the module still declares it, by the stored name
@@ -141,7 +141,8 @@ def test_flipped_hog_is_the_hog_of_the_flipped_frames(hog_reader, pattern):
     item = make_dataset(hog_reader, list(HOG_REFS))[hog_reader.keys.index(pattern)]
     assert item["aug"]["flip"] == 1
     for ref in HOG_REFS:
-        want = build_target(ref).compute(mirrored(frames)[None])["data"][0]  # float16, what a cache of flipped clips holds
+        # float16, what a cache of the flipped clips would hold
+        want = build_target(ref).compute(mirrored(frames)[None])["data"][0]
         assert np.array_equal(item["targets"][ref].numpy().reshape(want.shape), want.astype(np.float32)), ref
 
 
@@ -275,7 +276,8 @@ class NoiseFeatures:
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(int(frames.sum()) % 2**32)
-        return {"data": rng.standard_normal((frames.shape[0], *self.spec.clip_shape(*frames.shape[1:3]))).astype(np.float16)}
+        shape = (frames.shape[0], *self.spec.clip_shape(*frames.shape[1:3]))
+        return {"data": rng.standard_normal(shape).astype(np.float16)}
 
 
 def test_refusing_target_stops_a_flipping_dataset_unless_approximate(hog_reader):

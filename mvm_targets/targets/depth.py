@@ -202,7 +202,8 @@ def _sha256_once(path: str) -> str:
 def depth_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Flips refused: DPT is not flip-equivariant, so the mirrored depth map is not DPT's depth of the
     mirrored frame. Crops keep whole-frame depth: the ViT sees the whole frame."""
-    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="DPT's depth of a mirrored frame is not its mirrored depth map")
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT,
+                        note="DPT's depth of a mirrored frame is not its mirrored depth map")
 
 
 @register_target("depth", variants=VARIANTS)

@@ -149,7 +149,8 @@ class ClipExtractor(patch_grid.ReloadsModelWhenUnpickled):
 def mmf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Flips refused: CLIP's patch tokens of a mirrored frame are not its mirrored tokens (attention mixes
     every patch). Crops keep whole-frame tokens for the same reason."""
-    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="CLIP's patch tokens of a mirrored frame are not its mirrored tokens")
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT,
+                        note="CLIP's patch tokens of a mirrored frame are not its mirrored tokens")
 
 
 @register_target("mmf", variants=VARIANTS)

@@ -182,8 +182,10 @@ class TimmExtractor(patch_grid.ReloadsModelWhenUnpickled):
 @register_augmentation("sif")
 def sif_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Flips refused: an image model's features of a mirrored frame are not its mirrored features. Crops
-    keep whole-frame features: each patch's feature sees beyond the patch, and the input is resized."""
-    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="an image model's features of a mirrored frame are not its mirrored features")
+    keep whole-frame features: each patch's feature sees beyond the patch (and the frame is resized
+    when S differs from the model's input size)."""
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT,
+                        note="an image model's features of a mirrored frame are not its mirrored features")
 
 
 @register_target("sif", variants=VARIANTS)

@@ -125,7 +125,8 @@ class TVFTarget:
 def tvf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Flips refused: Video Swin's features of a mirrored clip are not its mirrored features. Crops keep
     whole-clip features: shifted windows and the feature's receptive field cross every crop edge."""
-    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="Video Swin's features of a mirrored clip are not its mirrored features")
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT,
+                        note="Video Swin's features of a mirrored clip are not its mirrored features")
 
 
 @register_target("tvf", variants=("k600", "k400"))

@@ -284,7 +284,8 @@ def vq_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Flips refused: the dVAE encoder is not flip-equivariant (a mirrored 8-px cell gets another code,
     not the same one), so mirrored token ids are not the tokens of the mirrored frame. Crops keep the
     tokens of the whole frame: the encoder's receptive field reaches across token (and crop) borders."""
-    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT, note="the dVAE's tokens of a mirrored frame are not its mirrored tokens")
+    return Augmentation(flip=FlipRule.REFUSE, crop=CropRule.CONTEXT,
+                        note="the dVAE's tokens of a mirrored frame are not its mirrored tokens")
 
 
 @register_target("vq", variants=VARIANTS)

@@ -32,7 +32,8 @@ from typing import Iterable
 
 import numpy as np
 
-from mvm_targets.targets.spec import TOKEN_PX, Augmentation, FlipRule, augmentation_for  # TOKEN_PX: one DALL-E token per 8 px
+# TOKEN_PX: one DALL-E token per 8 x 8 pixels
+from mvm_targets.targets.spec import TOKEN_PX, Augmentation, FlipRule, augmentation_for
 from violet_core.config import ConfigError
 from violet_core.target_info import PATCH_PX, TargetInfo
 
@@ -52,14 +53,17 @@ def check_flips(infos: Iterable[TargetInfo], hflip_prob: float, approximate_flip
     """
     if hflip_prob <= 0 or approximate_flips:
         return
-    refusing = [(info, target_augmentation(info)) for info in infos]
-    refusing = [(info, aug) for info, aug in refusing if aug.flip is FlipRule.REFUSE]
+    refusing = [info for info in infos if target_augmentation(info).flip is FlipRule.REFUSE]
     if refusing:
-        names = ", ".join(f"'{info.ref}'" for info, _ in refusing)
-        raise ConfigError(
-            f"'data.hflip_prob': {hflip_prob} flips clips, but target {names} cannot be flipped exactly "
-            f"({refusing[0][1].note}); set data.hflip_prob: 0, or data.approximate_flips: true to mirror the "
-            f"cached target, which is not what the teacher gives on the mirrored clip")
+        raise _refusal(refusing, f"'data.hflip_prob': {hflip_prob} flips clips")
+
+
+def _refusal(refusing: list[TargetInfo], asked: str) -> ConfigError:
+    names = ", ".join(f"'{info.ref}'" for info in refusing)
+    return ConfigError(
+        f"{asked}, but target {names} cannot be flipped exactly ({target_augmentation(refusing[0]).note}); set "
+        f"data.hflip_prob: 0, or data.approximate_flips: true to mirror the cached target, which is not what "
+        f"the teacher gives on the mirrored clip")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ def hflip_clip(clip: dict, infos: list[TargetInfo], approximate_flips: bool = Fa
         elif approximate_flips:
             data = _mirror_grid(info, data, size)
         else:
-            check_flips([info], 1.0, approximate_flips)
+            raise _refusal([info], "a clip is flipped")
         out[info.ref] = data
         out.update({f"{info.ref}/{name}": value for name, value in extras.items()})
     return out
