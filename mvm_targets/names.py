@@ -18,8 +18,10 @@ def name_problem(name: object) -> str | None:
         return "must not be empty"
     if "/" in name or "\\" in name:
         return f"'{name}' must be one folder name, without '/' or '\\'"
+    if name in (".", ".."):
+        return f"'{name}' is the current or the parent folder, not a name"
     if name.startswith("."):
-        # covers '.', '..' and hidden names alike
+        # a hidden folder: listings and `ablate status` would not show it
         return f"'{name}' must not start with '.'"
     if "\0" in name:
         return f"{name!r} must not contain a NUL character"

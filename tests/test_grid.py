@@ -293,7 +293,15 @@ def test_paper_table1_grid():
     assert (config["mask"]["strategies"], config["mask"]["ratio"]) == (["rm", "bm"], 0.3)
     assert (config["pretrain"]["optim"]["lr"], config["pretrain"]["optim"]["batch_size"]) == (5e-5, 20)
     assert config["downstream"]["tasks"] == ["retrieval", "qa_oe"]
-    assert grid.cache["num_frames"] == 4 and grid.cache["size"] == 224
+    # base.yaml is inherited; the settings the official code uses are stated
+    assert config["model"]["text_weights"] == config["data"]["tokenizer"] == "weights/bert-base-uncased"
+    assert config["data"]["hflip_prob"] == 0.0
+    assert config["downstream"]["max_text_len"] == {"retrieval": 100} and config["data"]["max_text_len"] == 32
+    assert sorted(config["downstream"]["files"]) == ["qa_oe_eval", "qa_oe_train", "retrieval_eval",
+                                                     "retrieval_train"]
+    # 5 cached frames: finetuning reads all of them, pretraining a window of 4
+    assert (grid.cache["num_frames"], grid.cache["size"]) == (5, 224)
+    assert config["downstream"]["num_frames"] == 5
 
 
 def test_demo_grid_content(tmp_path):
@@ -329,3 +337,58 @@ def test_describe_lists_axes_counts_and_runs(tmp_path):
     assert "14 runs in 7 cells, 2 excluded" in text
     assert "baseline: target=none" in text
     assert all(f"{r.run_id}  {r.alias}" in text for r in grid.runs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Names, cache overrides, invalid runs collected
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("../../../pwned", "must be one folder name"), ("a/b", "must be one folder name"),
+    ("..", "the current or the parent folder"), (".hidden", "must not start with '.'"),
+])
+def test_grid_name_is_one_folder(tmp_path, name, reason):
+    with pytest.raises(GridError, match=rf"g\.yaml: name: .*{reason}"):
+        load_grid(product_grid(tmp_path, f"name: {json.dumps(name)}\n"))
+
+
+def test_grid_stem_is_checked_when_no_name_is_given(tmp_path):
+    path = write_grid(tmp_path, "axes: {mask.ratio: [0.1, 0.2]}\n", ".hidden.yaml")
+    with pytest.raises(GridError, match=r"name: '\.hidden' must not start with '\.'"):
+        load_grid(path)
+    assert load_grid(write_grid(tmp_path, "name: 2024\naxes: {mask.ratio: [0.1, 0.2]}\n")).name == "2024"
+
+
+def test_label_must_not_start_with_a_dot(tmp_path):
+    with pytest.raises(GridError, match="labels"):
+        load_grid(product_grid(tmp_path, "labels: {mvm.targets: .t}\n"))
+
+
+def test_cache_overrides_apply_to_the_cache_section_only(tmp_path):
+    path = product_grid(tmp_path, """
+        cache: {source: data/x/captions.csv, synth: {clips: 8, seed: 0}, num_frames: 4}
+        """)
+    grid = load_grid(path, {"cache.weights": "random", "cache.synth.clips": 16, "cache.num_frames": 5,
+                            "data.size": 64})
+    assert grid.cache == {"source": "data/x/captions.csv", "synth": {"clips": 16, "seed": 0}, "num_frames": 5,
+                          "weights": "random"}
+    assert all(r.config["data"]["size"] == 64 for r in grid.runs)
+    assert load_grid(path).grid_hash != grid.grid_hash
+    with pytest.raises(GridError, match="'cache_x' is not a RunConfig field"):
+        load_grid(path, {"cache_x": 1})
+
+
+def test_invalid_runs_are_collected_when_asked(tmp_path):
+    path = write_grid(tmp_path, """
+        axes: {mask.ratio: [0.3, 1.5], data.size: [64, 100]}
+        seeds: [0, 1]
+        """)
+    with pytest.raises(GridError, match="run 'mask.ratio=0.3,data.size=100,seed=0'"):
+        load_grid(path)
+    invalid = []
+    grid = load_grid(path, None, invalid)
+    assert [r.alias for r in grid.runs] == ["mask.ratio=0.3,data.size=64,seed=0", "mask.ratio=0.3,data.size=64,seed=1"]
+    assert len(invalid) == 6
+    bad = next(i for i in invalid if i.alias == "mask.ratio=1.5,data.size=64,seed=1")
+    assert bad.factors == {"mask.ratio": 1.5, "data.size": 64, "seed": 1} and "'mask.ratio': 1.5" in bad.reason
+

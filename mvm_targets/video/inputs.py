@@ -102,9 +102,9 @@ def _key_for(path: Path, root: Path, where: str, explicit_root: bool) -> str:
     except ValueError:
         if explicit_root:
             raise InputError(f"{where}: {path} lies outside --root {base}; keys are paths relative to it") from None
-        raise InputError(f"{where}: {path} lies outside {base}, the folder its keys are relative to; pass --root "
-                         "with a folder that holds every video, so that keys stay the same on every machine"
-                         ) from None
+        raise InputError(f"{where}: {path} lies outside {base}, the folder its keys are relative to (keys must "
+                         "not depend on the machine); pass --root with a folder that holds every video (relative "
+                         "entries are then read from it too)") from None
     return str(PurePosixPath(*relative.parts).with_suffix(""))
 
 
