@@ -129,7 +129,7 @@ def test_declarations_are_stamped_and_found_for_caches_without_them():
         assert augmentation_for({"name": name, "variant": "any", "params": {}}).flip is FlipRule.REFUSE
     assert augmentation_for({"name": "pixel", "variant": "rgb"}).crop is CropRule.EXACT
     # a target no module declares is never flipped silently, even if its stored spec claims so
-    unknown = augmentation_for({"name": "palette", "variant": "x", "flip": "exact", "crop": "exact"})
+    unknown = augmentation_for({"name": "undeclared", "variant": "x", "flip": "exact", "crop": "exact"})
     assert unknown.flip is FlipRule.REFUSE and unknown.crop is CropRule.EXACT
 
 
