@@ -1,0 +1,113 @@
+"""benchmarks/gpu_suite.py: its batch search and synthetic batches, and a whole --smoke run on the CPU
+with PyAV, DALL-E and OpenCV made unimportable (the GPU machine may lack them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = REPO / "benchmarks" / "gpu_suite.py"
+
+
+def load_suite():
+    sys.path.insert(0, str(SUITE.parent))
+    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_suite"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite()
+
+
+@pytest.mark.parametrize("threshold, start, limit, granule, expected", [
+    (37, 8, 512, 1, 37),   # doubling to 64 fails, bisection lands on the exact threshold
+    (37, 8, 512, 4, 36),   # ... or on the multiple of the granule below it
+    (100, 8, 48, 4, 48),   # everything up to the limit fits
+    (5, 8, 512, 4, 0),     # not even the first batch
+    (8, 8, 512, 4, 8),     # only the first batch
+    (130, 8, 512, 8, 128),
+])
+def test_largest_batch_finds_the_threshold(suite, threshold, start, limit, granule, expected):
+    calls = []
+
+    def fits(batch: int) -> bool:
+        calls.append(batch)
+        return batch <= threshold
+
+    best, probes = suite.largest_batch(fits, start, limit, granule)
+    assert best == expected
+    assert [p["batch"] for p in probes] == calls and len(set(calls)) == len(calls)  # no batch tried twice
+    assert len(calls) <= 2 + 2 * math.ceil(math.log2(limit / start + 1))
+
+
+def test_synthetic_batch_has_the_trainer_layout(suite):
+    shape = suite.SHAPES["smoke"]
+    infos = list(suite.cached_target_infos(shape.frames, shape.size).values())
+    batch = suite.synthetic_batch(shape, 5, torch.device("cpu"), infos, seed=1)
+    ids, keep = batch["text_ids"], batch["text_mask"]
+    assert batch["video"].shape == (5, shape.frames, 3, shape.size, shape.size)
+    assert ids.shape == keep.shape == (5, shape.text_len)
+    for row, kept in zip(ids.tolist(), keep.sum(1).tolist()):
+        assert row[0] == suite.CLS_ID and row[kept - 1] == suite.SEP_ID
+        assert all(t == suite.PAD_ID for t in row[kept:]) and all(t >= suite.FIRST_WORD_ID for t in row[1:kept - 1])
+    special = suite.special_mask(ids)
+    assert special.sum().item() == 2 * 5 + (keep == 0).sum().item()
+    for info in infos:
+        assert batch["targets"][info.ref].shape == (5, *info.clip_shape)
+
+
+BLOCKER = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("av", "cv2", "dall_e"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_smoke_run_writes_every_section(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("OUT", None)
+    result = subprocess.run([sys.executable, "-c", BLOCKER, str(SUITE), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert report["skipped"] == {}, report["skipped"]
+    assert report["matmul"]["n"] == 128 and report["matmul"]["tflops"] > 0
+    assert set(report["eager"]) == {"2", "4"}  # the fixed batch and the largest one (the smoke limit)
+    for batch, row in report["eager"].items():
+        assert row["batch"] == int(batch) and row["step_s"] > 0 and row["step_tflop"] > 0
+        assert row["achieved_tflops"] == pytest.approx(row["step_tflop"] / row["step_s"])
+    assert report["eager"]["2"]["step_tflop"] < report["eager"]["4"]["step_tflop"]
+    assert report["search"]["largest_batch"] == 4 and report["search"]["probes"][0] == {"batch": 2, "fits": True}
+    assert set(report["compiled"]) == {"2", "4"}
+    for row in report["compiled"].values():
+        assert row["compile_s"] >= 0 and row["step_s"] > 0 and row["speedup_over_eager"] > 0
+    assert set(report["mvm"]) == {"batch", "none", "patch", "dense", "token"}
+    assert all(report["mvm"][k]["step_s"] > 0 for k in ("none", "patch", "dense", "token"))
+    assert report["profile"] and all(row["self_ms"] >= 0 for row in report["profile"])
+    assert "largest batch that fits: 4" in result.stdout
+
+
+def test_bad_arguments_are_one_line_errors(suite, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        suite.parse_args(["--smoke", "--size", "100"])
+    assert exit_info.value.code == 2
+    assert "--size 100: must be a positive multiple of 32" in capsys.readouterr().err
