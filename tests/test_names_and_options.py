@@ -245,3 +245,35 @@ def test_ctrl_c_swallowed_during_grid_extraction_stops_ablate_run(workspace):
     assert result.returncode == 130, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines()[-1].startswith(INTERRUPTED)
     assert not (workspace / "runs").exists()  # nothing trained after the Ctrl-C
+
+
+def test_runs_held_by_another_process_are_not_a_failure(tmp_path):
+    """Exit 0 when every run is done or running elsewhere; 1 as soon as one is failed."""
+    from typer.testing import CliRunner
+
+    from ablations.cli import app
+    from ablations.grid import load_grid
+    from ablations.status import (FINAL_FILE, LOCK_FILE, RunStatus, process_start_ticks, this_host,
+                                  write_json_atomic, write_status)
+
+    grid = tmp_path / "held.yaml"
+    grid.write_text(yaml.safe_dump({"name": "held", "base_config": str(REPO / "violet_core" / "configs" / "tiny.yaml"),
+                                    "axes": {"mask.ratio": [0.2, 0.3]}}))
+    done, held = (tmp_path / "runs" / spec.run_id for spec in load_grid(grid).runs)
+    done.mkdir(parents=True)
+    write_status(done, RunStatus(state="done", attempts=1))
+    write_json_atomic(done / FINAL_FILE, {"metrics": {}})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        held.mkdir()
+        write_json_atomic(held / LOCK_FILE, {"pid": other.pid, "host": this_host(),
+                                             "start_ticks": process_start_ticks(other.pid), "job": None})
+        result = CliRunner().invoke(app, ["run", str(grid), "--runs-dir", str(tmp_path / "runs")])
+        assert result.exit_code == 0, result.output
+        assert "0 to run, 1 done, 0 failed, 1 running elsewhere" in result.stdout
+        write_status(done, RunStatus(state="failed", failure="nan", attempts=1))
+        result = CliRunner().invoke(app, ["run", str(grid), "--runs-dir", str(tmp_path / "runs")])
+        assert result.exit_code == 1, result.output
+    finally:
+        other.kill()
+        other.wait()
