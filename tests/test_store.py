@@ -94,3 +94,20 @@ def test_unknown_target_in_reader_lists_cached_targets(tmp_path):
     make_cache(tmp_path)
     with pytest.raises(Exception, match="no cached target 'hog'"):
         CacheReader(tmp_path / "cache", "toy", targets=["hog"])
+
+
+def test_keys_and_sources_of_any_length_and_script_round_trip(tmp_path):
+    keys = ["a", "vidéos/été_1", "视频/" + "x" * 300]
+    cache = ClipCache(tmp_path / "cache" / "toy" / "frames-t2-s32-test")
+    records = [record(k, i) for i, k in enumerate(keys)]
+    records[1].source = {"path": "vidéos/été_1.mp4", "note": "ü" * 500}
+    result = cache.frames.commit(records, ATTRS, "gzip")
+    assert result.bytes_written == result.shard.stat().st_size
+    Ledger(cache.ledger_path).append(LedgerEntry(k, "frames", "done", shard=result.shard.name) for k in keys)
+    assert ShardSet(cache.frames.directory).committed_keys() == set(keys)
+    with h5py.File(result.shard) as handle:
+        assert json.loads(handle[schema.SOURCES][1]) == {"note": "ü" * 500, "path": "vidéos/été_1.mp4"}
+        assert handle[schema.DATA].compression == "gzip" and handle[schema.DATA].fletcher32
+    reader = CacheReader(tmp_path / "cache", "toy")
+    assert reader.keys == sorted(keys)
+    np.testing.assert_array_equal(reader[keys[2]]["frames"], np.full((T, S, S, 3), 2, np.uint8))

@@ -122,7 +122,7 @@ def _verify_clip_cache(clip_cache: ClipCache, report: VerifyReport) -> None:
                            "(rerun extract, or verify --repair, to reconcile)", finding)
         if redo:
             report.add(f"{shard_set.directory}: {len(redo)} clip(s) moved to quarantine await re-extraction, "
-                       f"e.g. '{sorted(redo)[0]}' (rerun extract with this target)")
+                       f"e.g. '{sorted(redo)[0]}' (rerun extract{'' if set_id == schema.FRAMES_SET else ' with this target'})")
         if result.unchecksummed:
             report.notes.append(
                 f"{shard_set.directory}: {result.unchecksummed} shard(s) carry no checksum "
