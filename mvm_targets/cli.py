@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -172,16 +173,37 @@ def convert_dalle(pkl: Annotated[Path, typer.Argument(help="OpenAI's dall-e enco
 
 
 @app.command()
-def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
-    """Reopen every shard: shapes, dtypes, NaN/Inf, duplicates, coverage against the ledger."""
+def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None,
+           repair: Annotated[bool, typer.Option(
+               help="Move damaged shards to <dataset>/quarantine/ and mark their clips for re-extraction.")]
+           = False) -> None:
+    """Read every chunk of every shard (checksums, NaN/Inf, shapes, dtypes, duplicates) and check the ledger."""
+    from mvm_targets.store.repair import repair_cache
     from mvm_targets.store.verify import verify_cache
 
     report = verify_cache(cache, dataset)
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     for problem in report.problems:
         typer.echo(f"problem: {problem}", err=True)
     typer.echo(f"{report.shards} shards, {report.clips} clips checked: "
                f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
-    raise typer.Exit(0 if report.ok else 1)
+    if report.ok:
+        raise typer.Exit(0)
+    if not repair:
+        fixable = len(report.problems) - report.unrepairable
+        if fixable:
+            typer.echo(f"`mvmtargets verify --repair` fixes {fixable} of these problem(s)", err=True)
+        raise typer.Exit(1)
+    repaired = repair_cache(report)
+    for line in repaired.lines:
+        typer.echo(f"repaired: {line}")
+    if repaired.redo:
+        typer.echo(f"{repaired.redo} clip(s) marked for re-extraction: rerun `mvmtargets extract` with the same "
+                   "inputs and targets to restore them")
+    if report.unrepairable:
+        typer.echo(f"{report.unrepairable} problem(s) left that --repair cannot fix", err=True)
+    raise typer.Exit(1 if report.unrepairable else 0)
 
 
 @app.command()
