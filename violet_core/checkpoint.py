@@ -60,8 +60,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               f"{restart}") from None
     except (RuntimeError, EOFError) as error:
         raise CheckpointError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]}); {restart}") from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        found = saved.get("format", 1) if isinstance(saved, dict) else type(saved).__name__
-        raise CheckpointError(f"{path}: checkpoint format {found}, this code resumes format {FORMAT} only "
-                              f"(older ones lack the RNG and data-order state an exact resume needs); {restart}")
+    found = saved.get("format", 1) if isinstance(saved, dict) else None
+    if found != FORMAT:
+        why = ("older ones lack the RNG and data-order state an exact resume needs" if isinstance(found, int)
+               and found < FORMAT else "it was not written by this trainer or by a newer version")
+        raise CheckpointError(f"{path}: checkpoint format {found}, this code resumes format {FORMAT} only ({why}); "
+                              f"{restart}")
     return saved

@@ -165,8 +165,9 @@ class Run:
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
             batches.load_state_dict(saved["data"])
-        except ValueError as error:
-            raise CheckpointError(f"{self.dir.checkpoint}: {str(error).splitlines()[0]}") from None
+        except (KeyError, RuntimeError, ValueError) as error:  # a checkpoint of another config or data
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise CheckpointError(f"{self.dir.checkpoint}: does not fit this run: {reason}") from None
         mine = saved["ranks"][self.dist.rank]
         state = LoopState.from_state_dict({**saved["loop"], "window": mine["window"]}, self.device)
         restore_rng(mine["rng"], {"mask": mask_rng})
