@@ -18,6 +18,10 @@ MFU: the no-MVM step's FLOPs (forward + backward, counted by torch's FlopCounter
 divided by the device's dense bf16 peak: a known GPU from the table below, or `--peak-tflops`.
 
     python benchmarks/bench_train_step.py --preset base --size 224 --frames 8 --batch 8 --targets sif
+
+`--compile` compiles the video and fusion encoders (violet_core/compiled.py) of every model timed;
+the first step of the baseline, which includes the compile, is reported apart as `compile_s`.
+For GPU numbers without building a cache see benchmarks/gpu_suite.py.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
+from gpu_suite import GPU_PEAK_BF16_TFLOPS, count_flops  # noqa: E402
 
 from mvm_targets.extract import ExtractConfig, extract  # noqa: E402
 from mvm_targets.store.reader import CacheReader  # noqa: E402
@@ -43,6 +47,7 @@ from mvm_targets.targets.registry import build_target  # noqa: E402
 from mvm_targets.video.decode import SamplingConfig  # noqa: E402
 from mvm_targets.video.inputs import discover_inputs  # noqa: E402
 from violet_core.batching import to_device  # noqa: E402
+from violet_core.compiled import compile_model  # noqa: E402
 from violet_core.config import ModelConfig, OptimConfig  # noqa: E402
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain  # noqa: E402
 from violet_core.data.tokenizer import build_tokenizer  # noqa: E402
@@ -72,13 +77,15 @@ class StepBench:
     """Builds the model for one target set and times its pretraining steps on fixed batches."""
 
     def __init__(self, reader: CacheReader, refs: list[str], preset: str, batch: int, device: torch.device,
-                 tokenizer, backbone_lr_mult: float = 1.0) -> None:
+                 tokenizer, backbone_lr_mult: float = 1.0, compile: bool = False) -> None:
         self.device = device
         self.infos = read_target_infos(reader, refs)
         self.dataset = PretrainDataset(reader, self.infos, tokenizer, reader.keys, reader[0]["frames"].shape[0],
                                        reader[0]["frames"].shape[1], 24, hflip_prob=0.0)
         torch.manual_seed(0)
         self.model = Violet(PRESETS[preset], tokenizer.vocab_size, 24, self.infos).to(device)
+        if compile:
+            compile_model(self.model)
         self.objective = PretrainObjective(self.model, MaskSampler(("rm", "bm"), 0.3, 0.15), tokenizer.mask_id)
         # the trainer's optimizer: backbone_lr_mult 0 freezes the Swin, as the tiny preset does
         self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4, backbone_lr_mult=backbone_lr_mult))
@@ -99,11 +106,6 @@ class StepBench:
             torch.cuda.synchronize()
 
 
-# Dense bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s, no sparsity); the first name
-# contained in torch.cuda.get_device_name() wins, so the more specific names come first.
-GPU_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
     if override:
         return override
@@ -115,13 +117,11 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def step_flops(bench: StepBench, batch: dict) -> int:
     """FLOPs of one full training step (forward, backward and the matmuls inside attention)."""
-    with FlopCounterMode(display=False) as counter:
-        bench.step(batch)
-    return counter.get_total_flops()
+    return count_flops(bench, batch)
 
 
-def time_steps(bench: StepBench, steps: int, teacher=None, frames_of=None) -> float:
-    """Median seconds per step over `steps` steps after one warm-up step."""
+def time_steps(bench: StepBench, steps: int, teacher=None, frames_of=None, first: list | None = None) -> float:
+    """Median seconds per step over `steps` steps after one warm-up step (its time goes to `first`)."""
     times = []
     for step in range(steps + 1):
         batch = bench.batch_at(step)
@@ -131,6 +131,8 @@ def time_steps(bench: StepBench, steps: int, teacher=None, frames_of=None) -> fl
         bench.step(batch)
         if step:
             times.append(time.perf_counter() - start)
+        elif first is not None:
+            first.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -159,12 +161,14 @@ def main() -> None:
                                                                                "flow:raft"])
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs only)")
     parser.add_argument("--backbone-lr-mult", type=float, default=1.0, help="0 freezes the video backbone")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the video and fusion encoders")
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"preset": args.preset, "size": args.size, "frames": args.frames, "batch": args.batch,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "threads": torch.get_num_threads(), "backbone_lr_mult": args.backbone_lr_mult, "targets": {}}
+               "threads": torch.get_num_threads(), "backbone_lr_mult": args.backbone_lr_mult,
+               "compile": args.compile, "targets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_cache(root, args.targets, args.clips, args.size, args.frames)
@@ -175,10 +179,16 @@ def main() -> None:
         def frames_of(step: int) -> np.ndarray:
             return frames[[(step * args.batch + i) % len(frames) for i in range(args.batch)]]
 
-        baseline = StepBench(reader, [], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult)
-        none_s = time_steps(baseline, args.steps)
+        baseline = StepBench(reader, [], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult,
+                             args.compile)
+        first: list[float] = []
+        none_s = time_steps(baseline, args.steps, first=first)
         consumed = args.batch / none_s
         results["none_step_s"] = none_s
+        if args.compile:
+            # the first step compiles the forward and backward graphs; the rest of it is an ordinary step
+            results["compile_s"] = max(0.0, first[0] - none_s)
+            print(f"compile: {results['compile_s']:.1f} s (first step {first[0]:.1f} s)", flush=True)
         flops = step_flops(baseline, baseline.batch_at(0))
         achieved = flops / none_s / 1e12
         peak = peak_tflops(device, args.peak_tflops)
@@ -194,7 +204,8 @@ def main() -> None:
                   f"-> {rate / consumed:.1f}x", flush=True)
         print(f"{'target':<14}{'none s':>9}{'cached s':>10}{'on the fly s':>14}{'cached/none':>13}{'fly/cached':>12}")
         for ref in args.targets:
-            bench = StepBench(reader, [ref], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult)
+            bench = StepBench(reader, [ref], args.preset, args.batch, device, tokenizer, args.backbone_lr_mult,
+                              args.compile)
             cached = time_steps(bench, args.steps)
             teacher = None if ref == "pixel" else (build_target(ref) if ref in WEIGHT_FREE else
                                                    build_target(ref, weights="random", device=str(device)))
