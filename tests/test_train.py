@@ -72,7 +72,8 @@ def write_config(workspace: Path, name: str, **sections) -> Path:
     config = {
         "name": name, "seed": 0, "out_dir": str(workspace / "runs"),
         "data": {"cache": str(workspace / "cache"), "dataset": "synthetic", "source": str(workspace / "data"),
-                 "num_frames": FRAMES, "size": SIZE, "max_text_len": 20, "hflip_prob": 0.5, "vocab_size": 300},
+                 "num_frames": FRAMES, "size": SIZE, "max_text_len": 20, "hflip_prob": 0.5, "vocab_size": 300,
+                 "approximate_flips": True},  # keeps the mirror paths of every target exercised
         "model": {"video_backbone": "tiny", "hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
         "pretrain": {"optim": {"steps": 2, "batch_size": 4, "lr": 1e-3}, "log_every": 1, "checkpoint_every": 0},
         "downstream": {"tasks": [], "optim": {"steps": 1, "batch_size": 4}},

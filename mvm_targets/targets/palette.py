@@ -19,10 +19,26 @@ import numpy as np
 
 from mvm_targets.synth.scene import COLORS
 from mvm_targets.targets.registry import register_target
-from mvm_targets.targets.spec import PATCH_PX, Grid, TargetSpec
+from mvm_targets.targets.spec import (PATCH_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec,
+                                      register_augmentation)
 
 DISTANCE = 60  # RGB distance within which a pixel counts as a palette colour
 MIN_PIXELS = 4  # pixels of one colour in one patch before the colour counts (ignores codec fringes)
+
+
+def mirror_patch_grid(data: np.ndarray, extras: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(T, h*w, 6) -> the same map with each row of patches reversed (a mirrored clip has the same colours)."""
+    count, patches, colours = data.shape
+    side = int(round(patches ** 0.5))
+    return data.reshape(count, side, side, colours)[:, :, ::-1].reshape(count, patches, colours), extras
+
+
+@register_augmentation("palette")
+def palette_augmentation(variant: str, params: dict) -> Augmentation:
+    """A flip keeps the clip's colours (exact); a crop may cut an object out of view, so the cropped
+    clip's own target could differ from the whole clip's (context)."""
+    return Augmentation(flip=FlipRule.EXACT, mirror=mirror_patch_grid, crop=CropRule.CONTEXT,
+                        note="colours present in the whole clip")
 
 
 class PaletteTarget:
@@ -34,6 +50,7 @@ class PaletteTarget:
             name="palette", variant="truth", version=1, grid=Grid.PATCH, dtype="float16", loss="l2",
             clip_shape=lambda t, s: (t, (s // PATCH_PX) ** 2, len(COLORS)),
             params={"threshold": DISTANCE, "min_pixels": MIN_PIXELS, "scope": "clip"},
+            augmentation=palette_augmentation("truth", {}),
             description="positive control for the synthetic dataset: the clip's object colours at every patch")
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
