@@ -62,7 +62,7 @@ def arm(kill):
 
         def save_then_die(self, path, state):
             save(self, path, state)
-            if path.name == "last.pt" and state["loop"]["step"] == kill["step"]:
+            if path.name == "last.pt" and state["step"] == kill["step"]:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         RunDir.save_checkpoint = save_then_die
@@ -222,7 +222,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(plan, resume_sets, 
         assert not (resumed / "final.json").exists()
         if after == "checkpoint":
             saved = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
-            assert saved["format"] == FORMAT and saved["loop"]["step"] == step
+            assert saved["format"] == FORMAT and saved["step"] == step
     assert trainer(config, resumed) == 0
 
     assert logged(resumed) == expected
@@ -351,5 +351,5 @@ def test_load_checkpoint_refuses_pickle_and_old_formats(tmp_path):
         load_checkpoint(older)
 
     current = tmp_path / "current.pt"
-    torch.save({"format": FORMAT, "loop": {"step": 3}}, current)
-    assert load_checkpoint(current)["loop"] == {"step": 3}
+    torch.save({"format": FORMAT, "step": 3}, current)
+    assert load_checkpoint(current)["step"] == 3

@@ -135,7 +135,7 @@ class Run:
                                                    self.dist)
             self.dir.save_checkpoint(self.dir.checkpoint, {
                 "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "loop": {"step": loop["step"], "samples": loop["samples"]},
+                "schedule": schedule.state_dict(), "step": loop["step"], "samples": loop["samples"],
                 "data": batches.state_dict(), "ranks": ranks,
             })
 
@@ -169,7 +169,8 @@ class Run:
             reason = " ".join(str(error).split())[:300] or type(error).__name__
             raise CheckpointError(f"{self.dir.checkpoint}: does not fit this run: {reason}") from None
         mine = saved["ranks"][self.dist.rank]
-        state = LoopState.from_state_dict({**saved["loop"], "window": mine["window"]}, self.device)
+        state = LoopState.from_state_dict({"step": saved["step"], "samples": saved["samples"],
+                                           "window": mine["window"]}, self.device)
         restore_rng(mine["rng"], {"mask": mask_rng})
         log.info("resumed pretraining at step %d from %s", state.step, self.dir.checkpoint)
         return state
