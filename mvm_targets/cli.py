@@ -317,7 +317,7 @@ def main() -> None:
             if interrupted():
                 sys.exit(report_interrupt())
             typer.echo(f"error: {error}", err=True)
-            sys.exit(1 if isinstance(error, OSError) and error.errno == errno.ENOSPC else 2)  # full disk: not a usage error
+            sys.exit(1 if isinstance(error, OSError) and error.errno == errno.ENOSPC else 2)  # full disk: not usage
         except (KeyboardInterrupt, SystemExit):
             if interrupted():
                 sys.exit(report_interrupt())

@@ -215,6 +215,12 @@ def test_damage_met_by_reader_extract_info_and_show_names_the_file_and_the_fix(p
     message = str(caught.value)
     assert str(flipped) in message and f"'{key}'" in message and "verify --repair" in message
     assert "\n" not in message
+    import torch
+
+    loader = torch.utils.data.DataLoader(reader, num_workers=1, collate_fn=lambda clips: clips)
+    with pytest.raises(DamagedShardError) as caught:  # raised in a worker, re-raised here still as one line
+        list(loader)
+    assert str(caught.value) == message
 
     truncated, _ = shard_holding(cache, "hog-", sorted(originals)[2])
     truncate(truncated)
@@ -236,7 +242,8 @@ def write_old_style(shard: Path) -> None:
     with h5py.File(shard, "r") as source:
         attrs = dict(source.attrs)
         arrays = {}
-        source.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        source.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                          if isinstance(obj, h5py.Dataset) else None)
     old = shard.with_suffix(".old")
     with h5py.File(old, "w", libver="latest") as handle:
         handle.attrs.update(attrs)
@@ -435,7 +442,8 @@ def test_a_real_full_tmpfs_is_one_line_and_a_rerun_after_freeing_space_is_clean(
     mount_point.mkdir()
     script = tmp_path / "scenario.py"
     script.write_text(TMPFS_SCENARIO)
-    # uncompressed, a clip's frames shard takes about 52 kB and its hog shard 36 kB: two clips fit in 200 kB, three do not
+    # uncompressed, a clip's frames shard takes about 52 kB and its hog shard 36 kB:
+    # two clips fit in 200 kB, three do not
     run = subprocess.run([*prefix, sys.executable, str(script), str(mount_point), "200k",
                           *extract_args(videos, mount_point), "--compression", "none"], cwd=REPO, capture_output=True,
                          text=True,

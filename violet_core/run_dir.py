@@ -71,7 +71,7 @@ class RunDir:
             return
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            with open(tmp, "wb") as handle:  # a Python file, so a full disk surfaces as ENOSPC, not torch's opaque error
+            with open(tmp, "wb") as handle:  # a Python file: a full disk is ENOSPC, not torch's opaque error
                 torch.save(state, handle)
             os.replace(tmp, path)
         except (OSError, RuntimeError) as error:

@@ -23,7 +23,23 @@ DAMAGE_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 
 
 class DamagedShardError(MvmTargetsError):
-    def __init__(self, path: Path, reason: str):
+    """`<path>: damaged shard (<reason>); run ...`.
+
+    Also constructible from its message alone, as unpickling does and as PyTorch does when a
+    DataLoader worker raised it (the message then is the worker's whole traceback, whose last line
+    is the original one line: that line is kept, so the error still reads as one line).
+    """
+
+    def __init__(self, path: Path | str, reason: str | None = None):
+        if reason is None:
+            lines = [line for line in str(path).splitlines() if line.strip()]
+            message = lines[-1] if lines else ""
+            prefix = f"{type(self).__module__}.{type(self).__name__}: "
+            message = message[len(prefix):] if message.startswith(prefix) else message
+            where, _, rest = message.partition(": damaged shard (")
+            self.path, self.reason = Path(where), rest.rsplit(f"); {REPAIR_HINT}", 1)[0]
+            super().__init__(message)
+            return
         self.path, self.reason = Path(path), reason
         super().__init__(f"{self.path}: damaged shard ({reason}); {REPAIR_HINT}")
 

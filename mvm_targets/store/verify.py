@@ -121,8 +121,9 @@ def _verify_clip_cache(clip_cache: ClipCache, report: VerifyReport) -> None:
                 report.add(f"{shard_set.directory}: '{key}' is in a shard but the ledger does not record it "
                            "(rerun extract, or verify --repair, to reconcile)", finding)
         if redo:
+            how = "rerun extract" if set_id == schema.FRAMES_SET else "rerun extract with this target"
             report.add(f"{shard_set.directory}: {len(redo)} clip(s) moved to quarantine await re-extraction, "
-                       f"e.g. '{sorted(redo)[0]}' (rerun extract{'' if set_id == schema.FRAMES_SET else ' with this target'})")
+                       f"e.g. '{sorted(redo)[0]}' ({how})")
         if result.unchecksummed:
             report.notes.append(
                 f"{shard_set.directory}: {result.unchecksummed} shard(s) carry no checksum "
@@ -198,7 +199,8 @@ class _ShardCheck:
             self.problems.append(f"{self.path}: schema version {version}, this code reads {schema.SCHEMA_VERSION}")
             return
         if handle.attrs.get("set_id") != self.set_id:
-            self.problems.append(f"{self.path}: belongs to set '{handle.attrs.get('set_id')}', found in '{self.set_id}'")
+            self.problems.append(f"{self.path}: belongs to set '{handle.attrs.get('set_id')}', "
+                                 f"found in '{self.set_id}'")
         keys_dataset = self._dataset(handle, schema.KEYS)
         if keys_dataset is None:
             return
@@ -224,7 +226,8 @@ class _ShardCheck:
             if dataset is None:
                 continue
             if dataset.shape[0] != len(self.keys):
-                self.problems.append(f"{self.path}: {dataset.name} has {dataset.shape[0]} rows for {len(self.keys)} keys")
+                self.problems.append(f"{self.path}: {dataset.name} has {dataset.shape[0]} rows "
+                                     f"for {len(self.keys)} keys")
                 continue
             self._note_checksum(dataset)
             self._read_every_chunk(dataset)
