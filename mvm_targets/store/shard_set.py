@@ -6,12 +6,12 @@ fsyncs the folder. A reader therefore only ever sees whole shards, a SIGKILL lea
 temporary file (removed by the next commit), and no key is stored twice.
 
 The shard is built in memory (HDF5's core driver) and written with plain `os.write` calls. HDF5
-never writes to the disk itself because its write errors cannot be trusted: when a dataset handle
-is closed during garbage collection h5py can only print the error, and after a failed dataset
-close on a full disk HDF5 keeps a half-freed object that crashes the next flush or the final
-close at exit (a segmentation fault). Worse, the file was then renamed into place with holes
-that read back as zeros. Written from memory, a full disk is one OSError (ENOSPC), the temporary
-file is removed, and nothing is committed.
+never writes to the disk itself because its write errors cannot be trusted: a dataset handle is
+closed when h5py garbage-collects it, where an error (ENOSPC while flushing the chunk cache) can
+only be printed, not raised; the file then looked written, was renamed into place with holes that
+read back as zeros, and HDF5's next flush of that file, or its close at exit, crashed with a
+segmentation fault. Written from memory, a full disk is one OSError (ENOSPC), the temporary file
+is removed, and nothing is committed.
 
 Every dataset is chunked and carries HDF5's Fletcher-32 checksum per chunk (one clip per chunk),
 so a flipped byte anywhere in the data makes that chunk's read fail instead of returning wrong
