@@ -242,11 +242,11 @@ def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00
 def _build_targets(refs: list[str], runtime: dict, settings: list[str]):
     """Build targets; `runtime` settings (device, weights, ...) go to the factories that take them.
     With 'all', targets that cannot be built here (missing weights) are skipped with their reason."""
-    from mvm_targets.targets import build_target, list_targets
-    from mvm_targets.targets.registry import factory_parameters, parse_target_ref
+    from mvm_targets.targets import build_target
+    from mvm_targets.targets.registry import factory_parameters, parse_target_ref, targets_for_all
 
     options_by_name = _parse_target_options(settings)
-    expanded = list_targets() if "all" in refs else refs
+    expanded = targets_for_all() if "all" in refs else refs
     targets = []
     for ref in expanded:
         name, _ = parse_target_ref(ref)

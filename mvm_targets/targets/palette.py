@@ -67,6 +67,6 @@ class PaletteTarget:
         return {"data": np.ascontiguousarray(data, dtype=np.float16)}
 
 
-@register_target("palette", variants=("truth",))
+@register_target("palette", variants=("truth",), in_all=False)  # meaningless on real videos
 def build_palette(variant: str) -> PaletteTarget:
     return PaletteTarget()

@@ -27,6 +27,7 @@ TargetFactory = Callable[..., Target]
 _FACTORIES: dict[str, TargetFactory] = {}
 _DEFAULT_VARIANTS: dict[str, str] = {}
 _VARIANTS: dict[str, tuple[str, ...]] = {}
+_NOT_IN_ALL: set[str] = set()
 _DISCOVERED = False
 ENTRY_POINT_GROUP = "mvm_targets.targets"
 
@@ -39,8 +40,13 @@ class TargetUnavailableError(MvmTargetsError):
     """A known target that cannot be built here (a missing teacher, weights or backend)."""
 
 
-def register_target(name: str, variants: tuple[str, ...]) -> Callable[[TargetFactory], TargetFactory]:
-    """Register `factory(variant: str, **options) -> Target`; `variants[0]` is the default."""
+def register_target(name: str, variants: tuple[str, ...],
+                    in_all: bool = True) -> Callable[[TargetFactory], TargetFactory]:
+    """Register `factory(variant: str, **options) -> Target`; `variants[0]` is the default.
+
+    `in_all=False` keeps the target out of `--target all` (e.g. a control that only means something
+    on the synthetic dataset).
+    """
 
     def decorator(factory: TargetFactory) -> TargetFactory:
         existing = _FACTORIES.get(name)
@@ -50,6 +56,8 @@ def register_target(name: str, variants: tuple[str, ...]) -> Callable[[TargetFac
         _FACTORIES[name] = factory
         _VARIANTS[name] = variants
         _DEFAULT_VARIANTS[name] = variants[0]
+        if not in_all:
+            _NOT_IN_ALL.add(name)
         return factory
 
     return decorator
@@ -100,6 +108,11 @@ def list_targets() -> list[str]:
     _load_builtin_targets()
     order = {n: i for i, n in enumerate(PAPER_TARGETS)}
     return sorted(_FACTORIES, key=lambda n: (order.get(n, len(order)), n))
+
+
+def targets_for_all() -> list[str]:
+    """What `--target all` means: every registered target that did not opt out of it."""
+    return [name for name in list_targets() if name not in _NOT_IN_ALL]
 
 
 def list_variants(name: str) -> tuple[str, ...]:
