@@ -622,8 +622,12 @@ def run_grid(grid: Grid, options: RunOptions, say: Say = say_stdout) -> int:
     started = time.monotonic()
     result = pool.run(to_run)
     say(_final_line(grid, runs_dir, progress, result, time.monotonic() - started))
-    # every run not failed is done or was claimed by another process, which brings it to an end
-    return EXIT_FAILED if progress.failed else EXIT_OK
+    # every other run is done or held by another process, which brings it to an end; one of those
+    # may have failed in the meantime, and then the grid has a failed run
+    held = [d.spec for d in elsewhere] + [spec for spec, _ in result.elsewhere]
+    failed_meanwhile = [s for s in held if effective_state(runs_dir / s.run_id, read_status(runs_dir / s.run_id))
+                        == "failed"]
+    return EXIT_FAILED if progress.failed or failed_meanwhile else EXIT_OK
 
 
 def _duration(run_dir: Path) -> float | None:

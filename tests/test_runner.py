@@ -266,7 +266,10 @@ def test_nan_run_is_recorded_as_failed_and_others_finish(failing):
     assert (status.state, status.failure, status.exit_code) == ("failed", "nan", 3)
     assert "non-finite" in status.message
     assert "FAILED (nan)" in failing.a + failing.b
-    assert failing.codes == (1, 1)  # the grid is not complete while a run is failed
+    # the harness that ran the NaN run exits 1; the other one, whose last run was held by it, exits 0
+    # if that run was still running when it finished (every run done or running elsewhere) and 1 if
+    # it had failed by then: both orders happen
+    assert failing.codes[1] == 1 and failing.codes[0] in (0, 1)
 
 
 def test_concurrent_harnesses_never_run_the_same_run(failing):
