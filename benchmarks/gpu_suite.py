@@ -138,7 +138,7 @@ class StepRunner:
     (autocast, loss, backward, gradient clipping at 1.0, AdamW)."""
 
     def __init__(self, shape: Shape, device: torch.device, infos: list[TargetInfo] = (), precision: str = "auto",
-                 attention: str = "sdpa", seed: int = 0) -> None:
+                 attention: str = "sdpa", seed: int = 0, backbone_lr_mult: float = 1.0) -> None:
         self.shape, self.device, self.precision = shape, device, precision
         torch.manual_seed(seed)
         self.model = Violet(shape.model, shape.vocab, shape.text_len, list(infos),
@@ -149,7 +149,8 @@ class StepRunner:
                 raise RuntimeError("this Video Swin has no explicit-attention switch (set_fused_attention)")
             swin.set_fused_attention(False)
         self.objective = PretrainObjective(self.model, MaskSampler(("rm", "bm"), 0.3, 0.15), MASK_ID)
-        self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4))
+        self.optim_config = OptimConfig(lr=1e-4, backbone_lr_mult=backbone_lr_mult)  # 0 freezes the Video Swin
+        self.optimizer = build_optimizer(self.model, self.optim_config)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -306,6 +307,10 @@ class Suite:
                                                if k in torch.cuda.get_device_name(device)), None)
                                          if device.type == "cuda" else None)
 
+    def runner(self) -> StepRunner:
+        return StepRunner(self.shape, self.device, precision=self.args.precision, attention=self.args.attention,
+                          backbone_lr_mult=self.args.backbone_lr_mult)
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
@@ -366,7 +371,7 @@ class Suite:
 
     def eager(self) -> None:
         batch = self.args.batch
-        runner = StepRunner(self.shape, self.device, precision=self.args.precision, attention=self.args.attention)
+        runner = self.runner()
         data = synthetic_batch(self.shape, batch, self.device)
         timing = time_steps(runner, data, self.args.steps, self.args.warmup)
         flops = count_flops(runner, data)
@@ -385,7 +390,7 @@ class Suite:
     def mvm(self) -> None:
         batch = self.args.batch
         infos = cached_target_infos(self.shape.frames, self.shape.size)
-        runner = StepRunner(self.shape, self.device, precision=self.args.precision, attention=self.args.attention)
+        runner = self.runner()
         plain = synthetic_batch(self.shape, batch, self.device)
         none = time_steps(runner, plain, self.args.steps, self.args.warmup)
         rows = {"none": {"step_s": none["step_s"], "step_min_s": none["step_min_s"], "step_max_s": none["step_max_s"]}}
@@ -393,7 +398,7 @@ class Suite:
         for layout, info in infos.items():
             # the same trunk with this target's head added, as the trainer builds it for one target
             runner.model.mvm = MvmObjective([info], self.shape.model.hidden).to(self.device)
-            runner.optimizer = build_optimizer(runner.model, OptimConfig(lr=1e-4))
+            runner.optimizer = build_optimizer(runner.model, runner.optim_config)
             runner.parameters = [p for p in runner.model.parameters() if p.requires_grad]
             data = synthetic_batch(self.shape, batch, self.device, [info])
             timing = time_steps(runner, data, self.args.steps, self.args.warmup)
@@ -406,7 +411,7 @@ class Suite:
         self.results["mvm"] = {"batch": batch, **rows}
 
     def search(self) -> None:
-        runner = StepRunner(self.shape, self.device, precision=self.args.precision, attention=self.args.attention)
+        runner = self.runner()
 
         def fits(batch: int) -> bool:
             failed = False
@@ -452,7 +457,7 @@ class Suite:
                 break
 
     def compiled(self, batch: int) -> None:
-        runner = StepRunner(self.shape, self.device, precision=self.args.precision, attention=self.args.attention)
+        runner = self.runner()
         options = {"dynamic": False}
         if self.args.compile_backend:
             options["backend"] = self.args.compile_backend
@@ -484,7 +489,8 @@ class Suite:
             self.run("mvm", self.mvm)
         if self.wanted("search"):
             self.run("search", self.search)
-        if self.wanted("compiled"):
+        # a base-sized compile takes a minute or more and cannot be cut short: start it only with time left
+        if self.wanted("compiled", needs_s=0.0 if self.args.smoke else 90.0):
             self.run("compiled", lambda: self.compiled(self.args.batch))
             large = self.largest
             if not large:
@@ -515,6 +521,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the trainer's setting: auto is bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--attention", choices=("sdpa", "explicit"), default="sdpa",
                         help="explicit: the Video Swin's materialised softmax and BERT's eager attention")
+    parser.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                        help="0 freezes the Video Swin, as the tiny CPU config does (default 1: trained)")
     parser.add_argument("--compile-backend", help="torch.compile backend (default inductor; smoke: eager)")
     parser.add_argument("--only", nargs="+", choices=("matmul", "eager", "profile", "mvm", "search", "compiled"),
                         help="run only these sections")
@@ -557,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "shape": {"name": args.shape, "frames": shape.frames, "size": shape.size, "text_len": shape.text_len,
                   "vocab": shape.vocab, "model": dataclasses.asdict(shape.model)},
-        "precision": args.precision, "attention": args.attention, "peak_tflops": None,
+        "precision": args.precision, "attention": args.attention, "backbone_lr_mult": args.backbone_lr_mult,
+        "peak_tflops": None,
         "argv": sys.argv[1:] if argv is None else argv,
     }
     print(f"{header['device']} | torch {torch.__version__} | {args.shape}: {shape.model.video_backbone} + "
