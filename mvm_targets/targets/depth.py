@@ -28,8 +28,8 @@ import numpy as np
 
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import register_target
-from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, TargetSpec, check_clip_batch,
-                                      register_augmentation)
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PaperScaling, TargetSpec,
+                                      check_clip_batch, register_augmentation)
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -119,6 +119,7 @@ class DepthTarget:
             clip_shape=depth_clip_shape, params=params, model_id=model_id,
             description="DPT relative inverse depth (MiDaS disparity, un-normalised), (T, S, S) float16",
             augmentation=depth_augmentation(variant, params),
+            paper_scaling=PaperScaling("mean", 1 / 3, "released code: masked mean / 3"),
         )
 
     def model(self) -> torch.nn.Module:

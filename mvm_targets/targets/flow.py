@@ -40,7 +40,8 @@ import numpy as np
 from mvm_targets.targets.flow_raft import RaftFlowBackend  # torch is imported lazily inside
 from mvm_targets.targets.half import flow_to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PaperScaling, TargetSpec,
+                                      register_augmentation)
 
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -183,6 +184,8 @@ class FlowTarget:
             description="optical flow of pairs (t, t+1) in pixels, (T-1, 2, S, S) float16, "
                         "channels (u=x, v=y); extra max_magnitude (T-1,) per pair for the 50-px rule",
             augmentation=flow_augmentation(variant, backend.params),
+            paper_scaling=PaperScaling("mean", 1 / 2, "released code: masked mean / 2"),
+            picture=flow_pictures,
         )
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -204,6 +207,16 @@ class FlowTarget:
         data, largest = flow_to_float16(flow)
         return {"data": data.reshape(batch, num_frames - 1, 2, height, width),
                 "max_magnitude": largest.reshape(batch, num_frames - 1)}
+
+
+def flow_pictures(data: np.ndarray, size: int) -> list[np.ndarray]:
+    """One clip's flow (T-1, 2, S, S) -> one colour-wheel (S, S, 3) uint8 picture per pair, all on one
+    colour scale (the clip's largest magnitude), so speeds compare across pairs."""
+    from mvm_targets import visualize
+
+    flow = data.astype(np.float32)
+    largest = float(np.linalg.norm(flow, axis=1).max()) or 1.0
+    return [visualize.flow_to_rgb(pair, largest) for pair in flow]
 
 
 def max_magnitude(flow: np.ndarray) -> np.ndarray:

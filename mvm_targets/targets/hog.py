@@ -38,7 +38,7 @@ import numpy as np
 from mvm_targets.targets import hog_kernels
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import (PATCH_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec,
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PATCH_PX, PaperScaling, TargetSpec,
                                       register_augmentation)
 
 HOG_VERSION = 1
@@ -95,6 +95,10 @@ class HogTarget:
             name="hog", variant=variant, version=HOG_VERSION, grid=grid, dtype="float16", loss="l1",
             clip_shape=clip_shape, params=params, description=_DESCRIPTIONS[variant],
             augmentation=hog_augmentation(variant, params),
+            # released code: masked mean for the HOG image; a MaskFeat descriptor per patch is treated
+            # as a feature (summed over D per masked patch, / 3, as SIF)
+            paper_scaling=PaperScaling("mean", 1.0, "masked mean") if grid is Grid.DENSE
+            else PaperScaling("sum", 1 / 3, "as SIF: sum over D per masked patch / 3"),
         )
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:

@@ -32,7 +32,8 @@ from mvm_targets._compat import import_torchvision
 from mvm_targets.targets import patch_grid
 from mvm_targets.targets.patch_grid import PatchFeatureTarget
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PaperScaling, TargetSpec,
+                                      register_augmentation)
 from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, MissingWeightsError, WeightsEntry, register_weights
 
@@ -197,5 +198,6 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         description=f"CLIP {entry.relative_path} last-layer patch tokens per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
         augmentation=mmf_augmentation(variant, params),
+        paper_scaling=PaperScaling("sum", 1 / 3, "not released; assumed to follow SIF"),
     )
     return PatchFeatureTarget(spec, extractor, batch_size, precision)

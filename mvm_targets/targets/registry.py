@@ -10,10 +10,11 @@ registers its targets on import). A name registered twice is an error.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from mvm_targets.errors import MvmTargetsError
-from mvm_targets.targets.spec import Target
+from mvm_targets.targets.spec import Target, TargetSpec
 
 PAPER_TARGETS = ("pixel", "hog", "depth", "flow", "vq", "sif", "tvf", "mmf")
 ALIASES = {
@@ -118,6 +119,29 @@ def targets_for_all() -> list[str]:
 def list_variants(name: str) -> tuple[str, ...]:
     """All variants of a registered target; the first is the default."""
     return _VARIANTS[canonical_name(name)]
+
+
+def is_default_variant(name: str, variant: str) -> bool:
+    """Whether a bare `name` means `variant` (the first variant registered)."""
+    return _DEFAULT_VARIANTS[canonical_name(name)] == variant
+
+
+@functools.lru_cache(maxsize=None)
+def declared_spec(name: str, variant: str) -> TargetSpec | None:
+    """The spec a registered target declares for `variant`, built without teacher weights (declarations
+    such as `clip_scope`, `paper_scaling`, `derive` and `picture` never depend on weights); None when
+    no module here registers that target or it cannot be built here."""
+    _load_builtin_targets()
+    factory = _FACTORIES.get(ALIASES.get(name, name))
+    if factory is None or variant not in _VARIANTS.get(ALIASES.get(name, name), ()):
+        return None
+    import inspect
+
+    options = {"weights": "random"} if "weights" in inspect.signature(factory).parameters else {}
+    try:
+        return factory(variant, **options).spec
+    except Exception:  # noqa: BLE001 - a target that cannot be built here declares nothing here
+        return None
 
 
 def _load_builtin_targets() -> None:

@@ -44,7 +44,8 @@ from mvm_targets._compat import import_torchvision
 from mvm_targets.targets import patch_grid
 from mvm_targets.targets.patch_grid import PatchFeatureTarget
 from mvm_targets.targets.registry import TargetUnavailableError, UnknownTargetError, register_target
-from mvm_targets.targets.spec import Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PaperScaling, TargetSpec,
+                                      register_augmentation)
 from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, MissingWeightsError, WeightsEntry, register_weights)
 
@@ -245,6 +246,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         description=f"{model_name} last-stage features per frame on the 32-px patch grid, "
                     f"(T, (S/32)^2, {dim}) float16",
         augmentation=sif_augmentation(variant, params),
+        paper_scaling=PaperScaling("sum", 1 / 3, "released code: sum over D per masked patch / 3"),
     )
     return PatchFeatureTarget(spec, extractor, batch_size, precision)
 

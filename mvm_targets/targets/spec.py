@@ -140,6 +140,43 @@ def _augmentation(name: str, variant: str, params: str, stored: tuple[str, int])
                         note=f"no module here declares how target '{name}' follows a flip")
 
 
+class ClipScope(str, enum.Enum):
+    """What a target needs from a clip: it decides whether the target means anything on 1-frame images."""
+
+    FRAME = "frame"  # each frame on its own (an image dataset works)
+    PAIR = "pair"  # consecutive frame pairs (t, t+1)
+    CLIP = "clip"  # the whole clip at once, e.g. a video teacher
+
+
+@dataclass(frozen=True)
+class PaperScaling:
+    """How the released code scales a target's MVM loss (used when the trainer runs in paper mode).
+
+    "mean" averages over masked elements (positions x channels); "sum" sums over the feature axis of
+    each masked position and averages over positions. `factor` multiplies the result.
+    """
+
+    reduction: Literal["mean", "sum"]
+    factor: float
+    note: str = ""  # where the numbers come from, in a few words
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"PaperScaling.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if not float(self.factor) > 0:
+            raise ValueError(f"PaperScaling.factor must be positive, got {self.factor!r}")
+
+    def record(self) -> dict[str, Any]:
+        return {"reduction": self.reduction, "factor": float(self.factor), "note": self.note}
+
+
+# One clip's canonical frames (T, S, S, 3) uint8 -> the target's data, shaped `clip_shape(T, S)`.
+DeriveFromFrames = Callable[[np.ndarray], np.ndarray]
+# One clip's data as stored (`clip_shape(T, S)`) and the frame side S -> one (S, S, 3) uint8 picture per
+# frame (or per frame pair) for `mvmtargets show`.
+PictureFunction = Callable[[np.ndarray, int], list[np.ndarray]]
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """Everything the store and the trainer need to know about a target, without running it.
@@ -157,12 +194,31 @@ class TargetSpec:
     loss: LossKind
     clip_shape: Callable[[int, int], tuple[int, ...]] = field(compare=False, repr=False)
     frames_needed: int = 1  # 2 for targets defined on consecutive frame pairs
-    stored: bool = True  # False for `pixel`, which is read back from the cached frames
+    stored: bool = True  # False: never written; `derive` makes it from the cached frames
     params: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None  # teacher weights id, when a model makes the target
     description: str = ""
-    # how the target follows flips and crops (module docstring); not in the id: it changes no value
+    # Declarations below change no stored value, so none of them is in `config_hash()`: adding or
+    # changing one keeps every existing target id (and cache) valid.
+    # how the target follows flips and crops (module docstring)
     augmentation: Augmentation = field(default_factory=Augmentation, compare=False, repr=False)
+    # what the target needs from a clip; None = PAIR when frames_needed == 2, else FRAME
+    clip_scope: ClipScope | None = field(default=None, compare=False)
+    # the released code's loss scaling for this target; None = no paper scaling (plain masked mean)
+    paper_scaling: PaperScaling | None = field(default=None, compare=False)
+    # stored=False only: one clip's frames -> its data (the trainer and the reader call this)
+    derive: DeriveFromFrames | None = field(default=None, compare=False, repr=False)
+    # optional picture of one clip's data for `mvmtargets show`; None = the default of its grid
+    picture: PictureFunction | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", Grid(self.grid))
+        scope = self.clip_scope
+        if scope is None:
+            scope = ClipScope.PAIR if self.frames_needed == 2 else ClipScope.FRAME
+        object.__setattr__(self, "clip_scope", ClipScope(scope))
+        if self.stored == (self.derive is not None):
+            raise ValueError(f"target '{self.name}': a TargetSpec has a derive function exactly when stored=False")
 
     def config_hash(self) -> str:
         """Stable 8-hex digest of everything that changes the stored values."""
@@ -175,14 +231,139 @@ class TargetSpec:
         """Directory name of this target's shard set, e.g. `hog-paper-1a2b3c4d`."""
         return f"{self.name}-{self.variant}-{self.config_hash()}"
 
-    def to_json(self, num_frames: int, size: int) -> str:
-        """The self-description stamped into every shard (shape resolved for T and S)."""
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("clip_shape", "augmentation")}
+    def record(self, num_frames: int, size: int, default_variant: bool | None = None) -> dict[str, Any]:
+        """The self-description stamped into every shard (shape resolved for T and S), as a JSON-able dict.
+
+        `default_variant` says whether a bare name (`hog`) means this variant; None asks the registry.
+        """
+        skipped = ("clip_shape", "augmentation", "clip_scope", "paper_scaling", "derive", "picture")
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
         record.update(self.augmentation.record())
         record["grid"] = self.grid.value
         record["clip_shape"] = list(self.clip_shape(num_frames, size))
         record["target_id"] = self.target_id
-        return json.dumps(record, sort_keys=True)
+        record["clip_scope"] = self.clip_scope.value
+        record["paper_scaling"] = self.paper_scaling.record() if self.paper_scaling else None
+        if default_variant is None:
+            from mvm_targets.targets.registry import is_default_variant
+
+            default_variant = is_default_variant(self.name, self.variant)
+        record["default_variant"] = default_variant
+        return record
+
+    def stored_spec(self, num_frames: int, size: int) -> "StoredSpec":
+        """This spec as the store and the trainer see it at (T, S)."""
+        return StoredSpec.from_record(self.record(num_frames, size))
+
+    def to_json(self, num_frames: int, size: int) -> str:
+        """The self-description stamped into every shard: `record()` as sorted JSON."""
+        return json.dumps(self.record(num_frames, size), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class StoredSpec:
+    """A target as stamped into its shards (`TargetSpec.record`): what the store and the trainer read.
+
+    Built from the stored record alone, so reading a cache imports no target module. Records written
+    before a declaration existed lack it: `clip_scope` and `paper_scaling` are then taken from the
+    target's registered module when there is one (else FRAME/PAIR from `frames_needed`, and none).
+    """
+
+    name: str
+    variant: str
+    target_id: str
+    grid: Grid
+    dtype: str
+    loss: str
+    clip_shape: tuple[int, ...]  # one clip's data at the cached (T, S)
+    frames_needed: int = 1
+    clip_scope: ClipScope = ClipScope.FRAME
+    stored: bool = True
+    version: int = 0
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    model_id: str | None = None
+    description: str = field(default="", compare=False)
+    paper_scaling: PaperScaling | None = None
+    default_variant: bool | None = None  # None: written before records said it
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "StoredSpec":
+        """Parse a stored record (`json.loads(attrs["target_spec"])`); a missing field is a one-line error."""
+        missing = [k for k in ("name", "variant", "target_id", "grid", "dtype", "clip_shape") if k not in record]
+        if missing:
+            raise ValueError(f"stored target spec of '{record.get('target_id', '?')}' lacks {', '.join(missing)}")
+        frames_needed = int(record.get("frames_needed", 1) or 1)
+        declared = None
+        if "clip_scope" not in record or "paper_scaling" not in record:
+            declared = _declared_spec(str(record["name"]), str(record["variant"]))
+        if "clip_scope" in record:
+            scope = ClipScope(record["clip_scope"])
+        elif declared is not None:
+            scope = declared.clip_scope
+        else:
+            scope = ClipScope.PAIR if frames_needed == 2 else ClipScope.FRAME
+        if "paper_scaling" in record:
+            raw = record["paper_scaling"]
+            scaling = PaperScaling(raw["reduction"], float(raw["factor"]), str(raw.get("note", ""))) if raw else None
+        else:
+            scaling = declared.paper_scaling if declared is not None else None
+        default = record.get("default_variant")
+        return cls(name=str(record["name"]), variant=str(record["variant"]), target_id=str(record["target_id"]),
+                   grid=Grid(record["grid"]), dtype=str(record["dtype"]), loss=str(record.get("loss", "")),
+                   clip_shape=tuple(int(n) for n in record["clip_shape"]), frames_needed=frames_needed,
+                   clip_scope=scope, stored=bool(record.get("stored", True)), version=int(record.get("version", 0)),
+                   params=dict(record.get("params") or {}), model_id=record.get("model_id"),
+                   description=str(record.get("description", "")), paper_scaling=scaling,
+                   default_variant=None if default is None else bool(default), record=dict(record))
+
+    @property
+    def ref(self) -> str:
+        """The canonical reference, `name:variant`."""
+        return f"{self.name}:{self.variant}"
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The declared flip and crop behaviour (`augmentation_for`)."""
+        return augmentation_for(self.record)
+
+    @property
+    def needs_video(self) -> bool:
+        """Whether the target means nothing on 1-frame images (pairs or a whole-clip teacher)."""
+        return self.clip_scope is not ClipScope.FRAME
+
+    def matches(self, ref: str) -> bool:
+        """Whether `ref` names this set: its exact id, `name:variant`, or a bare name meaning its default
+        variant. A bare name also matches a record that does not say whether it is the default
+        (older caches); callers refuse it when several such sets share the name."""
+        if ref == self.target_id:
+            return True
+        name, variant = split_ref(ref)
+        if name != self.name:
+            return False
+        if variant is not None:
+            return variant == self.variant
+        return self.default_variant is not False
+
+
+def _declared_spec(name: str, variant: str) -> "TargetSpec | None":
+    from mvm_targets.targets.registry import declared_spec
+
+    return declared_spec(name, variant)
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`"hog:maskfeat"` -> ("hog", "maskfeat"); `"hog"` -> ("hog", None). No registry lookup (aliases are
+    resolved by `registry.parse_target_ref`)."""
+    name, sep, variant = ref.partition(":")
+    return name.strip(), (variant.strip() or None) if sep else None
+
+
+def ref_key(ref: str) -> str:
+    """The one file- and module-safe key of a target reference, used for batch entries, heads, loss and
+    metric names (`mvm_<key>`): `hog` -> `hog`, `flow:dis` -> `flow_dis`, `hog-paper-1a2b3c4d` ->
+    `hog_paper_1a2b3c4d`. It depends only on the reference as written, so a run keeps its metric names."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in ref.strip())
 
 
 @runtime_checkable

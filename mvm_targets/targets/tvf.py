@@ -25,7 +25,8 @@ from mvm_targets.backbones.video_swin import SwinTransformer3D, build_video_swin
 from mvm_targets.backbones.video_swin_weights import load_official_checkpoint
 from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
-from mvm_targets.targets.spec import PATCH_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec, register_augmentation
+from mvm_targets.targets.spec import (Augmentation, ClipScope, CropRule, FlipRule, Grid, PATCH_PX, PaperScaling,
+                                      TargetSpec, register_augmentation)
 from mvm_targets.teachers.runtime import load_teacher, resolve_device, resolve_precision, run_batched
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, WeightsEntry, register_weights, sha256_of
 
@@ -95,6 +96,8 @@ class TVFTarget:
             description=f"Video Swin ({params['arch']}, {params['weights']} weights) features after the final "
                         f"LayerNorm, temporal stride 1: (T, (S/32)^2, {channels}) float16 per clip",
             augmentation=tvf_augmentation(variant, params),
+            clip_scope=ClipScope.CLIP,  # a video teacher: its features mean nothing on a 1-frame image
+            paper_scaling=PaperScaling("sum", 1 / 3, "released code: identical to SIF"),
         )
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1) * 255.0

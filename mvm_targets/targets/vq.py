@@ -32,8 +32,8 @@ import numpy as np
 
 from mvm_targets.errors import MvmTargetsError
 from mvm_targets.targets.registry import register_target
-from mvm_targets.targets.spec import (PATCH_PX, TOKEN_PX, Augmentation, CropRule, FlipRule, Grid, TargetSpec,
-                                      check_clip_batch, register_augmentation)
+from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PATCH_PX, PaperScaling, TOKEN_PX,
+                                      TargetSpec, check_clip_batch, register_augmentation)
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, check_teacher_options, WeightsEntry, WeightsMode, register_weights,
                                           sha256_of)
 
@@ -110,6 +110,7 @@ class VQTarget:
             description=f"DALL-E dVAE token ids (argmax of {hparams['vocab_size']} logits), (T, h, w) uint16; "
                         + ("one per 8-px cell" if variant == "v2" else "frame down-sampled 4x, one per 32-px patch"),
             augmentation=vq_augmentation(variant, params),
+            paper_scaling=PaperScaling("mean", 1.0, "released code: CE mean over masked tokens"),
         )
 
     def encoder(self) -> torch.nn.Module:
