@@ -171,6 +171,24 @@ def read_yaml_mapping(path: Path, what: str, error: type[ValueError]) -> dict[st
     return raw
 
 
+def parse_overrides(pairs: list[str] | tuple[str, ...], option: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` strings (as given to `option`), values parsed as YAML: `mvm.targets=[sif]`, `mask.ratio=0.5`.
+
+    The one parser of overrides, shared by the trainer's and the `ablate` command lines.
+    """
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} '{pair}' is not KEY=VALUE")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as problem:
+            raise ConfigError(f"{option} '{pair}': the value is not valid YAML "
+                              f"({str(problem).splitlines()[0]})") from None
+    return parsed
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of `raw` with each dotted key set; intermediate mappings are created."""
     merged = json.loads(json.dumps(raw))

@@ -31,7 +31,7 @@ from violet_core.batching import BatchStream
 from violet_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from violet_core.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
 from violet_core.compiled import compile_model
-from violet_core.config import RunConfig, load_config, save_config
+from violet_core.config import RunConfig, load_config, parse_overrides, save_config
 from violet_core.data.augment import check_flips
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
@@ -236,19 +236,6 @@ def train(config_path: str | Path, run_dir: str | Path | None = None,
         raise
     finally:
         distributed.shutdown(run.dist)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings, values parsed as YAML (`mvm.targets=[sif]`, `mask.ratio=0.5`)."""
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override '{pair}' is not KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:

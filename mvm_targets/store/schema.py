@@ -13,10 +13,9 @@ existing shards are never rewritten.
 
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
-from pathlib import Path
+
+from mvm_targets.provenance import code_version  # noqa: F401  (its old home; shards record it)
 
 SCHEMA_VERSION = 1
 FRAMES_SET = "frames"
@@ -40,19 +39,3 @@ def frames_spec_json(num_frames: int, size: int) -> str:
                        "clip_shape": [num_frames, size, size, 3], "stored": True, "target_id": FRAMES_SET,
                        "description": "canonical RGB frames (T, S, S, 3); the pixel target reads these"},
                       sort_keys=True)
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version, plus the git commit (and '-dirty') when running from a checkout."""
-    from mvm_targets import __version__
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{commit}{'-dirty' if dirty else ''}"
