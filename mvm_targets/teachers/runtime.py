@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -77,12 +78,92 @@ def load_teacher(key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.M
     return teacher
 
 
+# CUDA kernels index with 32-bit ints: several (upsample_bilinear2d_nhwc, some convolutions) refuse a
+# tensor of more elements than this, so no chunk may make one.
+INT_MAX_ELEMENTS = 2**31 - 1
+
+# largest tensor (elements) one input item makes inside `fn`, measured once per (fn, item shape, ...)
+_ELEMENTS_PER_ITEM: dict[tuple, int] = {}
+
+
+def safe_chunk_size(batch_size: int, elements_per_item: int, limit: int = INT_MAX_ELEMENTS) -> int:
+    """The largest chunk <= `batch_size` whose largest tensor (`elements_per_item` per item, growing
+    linearly with the chunk) stays within `limit` elements; at least 1 (one item cannot be split)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if elements_per_item <= 0:
+        return batch_size
+    return max(1, min(batch_size, limit // elements_per_item))
+
+
 def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int,
-                device: torch.device, bf16: bool | None = None) -> torch.Tensor:
-    """Apply `fn` to `inputs` (N, ...) in chunks of `batch_size` on `device`; float32 results on CPU."""
-    outputs = []
+                device: torch.device, bf16: bool | None = None,
+                elements_per_item: int | None = None) -> torch.Tensor:
+    """Apply `fn` to `inputs` (N, ...) in chunks of at most `batch_size` on `device`; float32 results on CPU.
+
+    A chunk is made smaller still when its largest tensor would pass `INT_MAX_ELEMENTS`:
+    `elements_per_item` (the largest activation one input item makes) is that size when the caller
+    knows it; otherwise `fn` runs once on one item the first time and every tensor an operator
+    returns inside it is measured (memoised per function, item shape, dtype, device and precision).
+    """
+    n = inputs.shape[0]
+    if n == 0:
+        return inputs.new_zeros((0,))
     with inference(device, bf16):
-        for start in range(0, inputs.shape[0], batch_size):
-            chunk = inputs[start:start + batch_size].to(device, non_blocking=True)
+        if elements_per_item is None:
+            key = (_function_key(fn), tuple(inputs.shape[1:]), inputs.dtype, str(device), bf16)
+            if key not in _ELEMENTS_PER_ITEM:
+                _ELEMENTS_PER_ITEM[key] = largest_tensor_elements(fn, inputs[:1].to(device))
+            elements_per_item = _ELEMENTS_PER_ITEM[key]
+        # read at call time so a test (or a device with a lower limit) can lower it
+        step = safe_chunk_size(batch_size, elements_per_item, INT_MAX_ELEMENTS)
+        outputs = []
+        for start in range(0, n, step):
+            chunk = inputs[start:start + step].to(device, non_blocking=True)
             outputs.append(fn(chunk).float().cpu())
-    return torch.cat(outputs) if outputs else inputs.new_zeros((0,))
+    return torch.cat(outputs)
+
+
+def largest_tensor_elements(fn: Callable[[torch.Tensor], Any], item: torch.Tensor) -> int:
+    """Elements of the largest tensor that any operator returns while `fn(item)` runs (item: (1, ...)).
+
+    Traced at the dispatcher (as `torch.utils.flop_counter` is), so functional calls inside a
+    module's forward, such as a final `interpolate`, are seen as well as module outputs.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class _Largest(TorchDispatchMode):
+        largest = item.numel()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(result):
+                if isinstance(leaf, torch.Tensor):
+                    self.largest = max(self.largest, leaf.numel())
+            return result
+
+    tracer = _Largest()
+    with tracer:
+        fn(item)
+    return tracer.largest
+
+
+def _function_key(fn: Callable) -> tuple:
+    """What identifies `fn` across calls: targets rebuild their partials and closures per batch,
+    so the key is the code and the objects it holds (the network), not the wrapper object."""
+    if isinstance(fn, functools.partial):
+        return ("partial", _function_key(fn.func), tuple(id(a) for a in fn.args),
+                tuple(sorted((k, id(v)) for k, v in fn.keywords.items())))
+    if inspect.ismethod(fn):
+        return ("method", id(fn.__self__), fn.__func__)
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                cells.append(id(cell.cell_contents))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return ("function", code, tuple(cells))
+    return ("object", id(fn))
