@@ -17,6 +17,7 @@ step is 0.06 near 10), and a bf16 loss or logit would quantise the comparisons r
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -26,27 +27,16 @@ from violet_core.masking import upsample_mask
 from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixels
 from violet_core.target_info import DEFAULT_VOCAB, PATCH_PX, TargetInfo
 
+logger = logging.getLogger(__name__)
+
 NORMALIZATIONS = ("mean", "paper")
 MAX_MAGNITUDE = "max_magnitude"  # extra a motion target stores per pair, (B, T-1): marks it for the pair rule
 
-# Scaling of the released `calc_mvm_loss`, keyed by (target name, grid):
-# (reduction, factor). "mean" averages over masked elements (positions x channels); "sum" sums
-# over the feature dimension of each masked position and averages over positions. The /3 and /2
-# are extra divisions in the released code (ad hoc there), kept so that paper-mode runs
-# weigh MVM against MLM and VTM as the paper did. Names not listed get ("mean", 1.0).
-PAPER_SCALING: dict[tuple[str, str], tuple[str, float]] = {
-    ("pixel", "dense"): ("mean", 1 / 3),  # mean L1 per masked pixel-channel / 3
-    ("hog", "dense"): ("mean", 1.0),  # mean over masked pixels
-    ("depth", "dense"): ("mean", 1 / 3),  # mean over masked pixels / 3
-    ("flow", "dense"): ("mean", 1 / 2),  # masked mean / 2
-    ("sif", "patch"): ("sum", 1 / 3),  # sum over D per masked patch / 3
-    ("tvf", "patch"): ("sum", 1 / 3),  # identical to SIF
-    ("mmf", "patch"): ("sum", 1 / 3),  # not released; assumed to follow SIF
-    ("hog", "patch"): ("sum", 1 / 3),  # MaskFeat-style descriptor per patch, treated as a feature
-    ("vq", "token"): ("mean", 1.0),  # CE mean over masked tokens
-    ("vq", "patch"): ("mean", 1.0),  # v1 tokens, one per patch
-}
-
+# Paper mode scales each target's loss as the released `calc_mvm_loss` did. The numbers are declared
+# by each target's module (`TargetSpec.paper_scaling`, stamped into its shards): reduction "mean"
+# averages over masked elements (positions x channels), "sum" sums over the feature dimension of
+# each masked position and averages over positions, and the factor multiplies the result. A target
+# that declares none gets the plain masked mean (`paper_scaling_note` says so in the run log).
 
 
 def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -157,9 +147,19 @@ def build_head(info: TargetInfo, hidden: int, patch: int = PATCH_PX) -> nn.Modul
 
 
 def _scaling(info: TargetInfo, normalization: str) -> tuple[str, float]:
-    if normalization == "mean":
+    if normalization == "mean" or info.paper_scaling is None:
         return "mean", 1.0
-    return PAPER_SCALING.get((info.name, info.grid), ("mean", 1.0))
+    return info.paper_scaling.reduction, float(info.paper_scaling.factor)
+
+
+def paper_scaling_note(infos: list[TargetInfo]) -> str:
+    """One line for the run log: each target's paper-mode scaling, and which declare none."""
+    parts = []
+    for info in infos:
+        scaling = info.paper_scaling
+        parts.append(f"{info.ref}: {scaling.reduction} x {scaling.factor:.4g}" if scaling is not None
+                     else f"{info.ref}: none declared, plain masked mean")
+    return "paper MVM loss scaling: " + "; ".join(parts)
 
 
 def _masked_regression(pred: torch.Tensor, target: torch.Tensor, where: torch.Tensor, kind: str,
@@ -249,6 +249,8 @@ class MvmObjective(nn.Module):
         self.infos = list(infos)
         self.hidden, self.normalization, self.flow_max_magnitude = hidden, normalization, flow_max_magnitude
         self.heads = nn.ModuleDict({info.key: build_head(info, hidden, patch) for info in self.infos})
+        if normalization == "paper" and self.infos:
+            logger.info(paper_scaling_note(self.infos))
 
     def predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, T, h, w, H) -> {info.key: head output}."""

@@ -1,58 +1,82 @@
-"""What the trainer needs to know about one MVM target, read from the shard store's self-description.
+"""What the trainer needs to know about one MVM target: a thin view on its stored spec.
 
-The trainer never builds a teacher: the head, the loss and the augmentation of a target follow
-from its stored `TargetSpec` (grid, loss, clip shape, frames needed). That keeps violet_core
-independent of which network made a target, and lets any registered target, including test-only
-ones, be trained without code changes here.
+The trainer never builds a teacher: the head, the loss, the paper scaling and the augmentation of a
+target follow from the `StoredSpec` stamped into its shards (grid, loss, clip shape, clip scope,
+declared scaling), or, for a target that is never stored, from the spec its module declares. That
+keeps violet_core independent of which network made a target, and lets any registered target,
+including test-only ones, be trained without code changes here.
 
 Training-time tensor layout of a target, per clip (B is prepended by the collate):
-    DENSE  -> (T', C, S, S) float32, T' = T - frames_needed + 1 (flow: T - 1 pairs), C >= 1
+    DENSE  -> (T', C, S, S) float32, T' = T - frames_needed + 1 (pairs: T - 1), C >= 1
     PATCH  -> (T, h * w, D) float32, h = w = S / 32
     TOKEN  -> (T, S / 8, S / 8) int64 class ids
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from mvm_targets.store.reader import CacheReader
-from mvm_targets.targets.spec import PATCH_PX  # noqa: F401  (one video token predicts one 32 x 32 patch)
+from mvm_targets.targets.registry import derived_spec
+from mvm_targets.targets.spec import PATCH_PX, PaperScaling, StoredSpec, ref_key
+
+__all__ = ["DEFAULT_VOCAB", "PATCH_PX", "TargetInfo", "read_target_infos"]
+
 DEFAULT_VOCAB = 8192  # the DALL-E dVAE codebook
 
 
-@dataclass(frozen=True)
 class TargetInfo:
-    """One MVM target as the trainer sees it.
+    """One MVM target as the trainer sees it: the reference written in the run config plus its stored spec.
 
-    `ref` is the reference written in the run config (e.g. "hog", "flow:dis", "hog:maskfeat") and is
-    the key of the target in batches, heads and loss names. `key` is `ref` made safe for module
-    names and metric keys ("hog:maskfeat" -> "hog_maskfeat").
+    `ref` (e.g. "hog", "flow:dis", "hog:maskfeat") names the target in the run config; `key` is
+    `ref_key(ref)`, the one file-safe form used for batch entries, heads and loss names (`mvm_<key>`).
+    Every other property reads `spec`. Hand-built infos (tests, benchmarks) may pass the spec's fields
+    as keywords instead of a spec.
     """
 
-    ref: str
-    name: str  # registry name: pixel, hog, depth, flow, vq, sif, tvf, mmf, or a test-only name
-    variant: str
-    target_id: str
-    grid: str  # "dense" | "patch" | "token"
-    loss: str  # "l1" | "l2" | "ce"
-    clip_shape: tuple[int, ...]  # stored per-clip shape at the cached (T, S)
-    frames_needed: int = 1  # 2 for pair targets (flow)
-    teacher_weights: str = ""  # "pretrained" | "random" | "" (no teacher)
-    params: dict[str, Any] = field(default_factory=dict, compare=False)
-    # the stored spec as read from the cache (empty for pixel and hand-built infos); it carries the
-    # target's declared flip/crop behaviour (mvm_targets.targets.spec.augmentation_for)
-    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    __slots__ = ("ref", "spec", "teacher_weights")
+
+    def __init__(self, ref: str, spec: StoredSpec | None = None, teacher_weights: str = "", **fields: Any) -> None:
+        if spec is None:
+            record = {"target_id": fields.pop("target_id", ref), **fields}
+            record.setdefault("dtype", "float32")
+            record["grid"] = str(record.get("grid", ""))
+            spec = StoredSpec.from_record(record)
+        elif fields:
+            raise TypeError(f"TargetInfo: pass either a spec or its fields, not both ({', '.join(fields)})")
+        self.ref, self.spec, self.teacher_weights = ref, spec, teacher_weights or ""
+
+    def __repr__(self) -> str:
+        return f"TargetInfo(ref={self.ref!r}, target_id={self.spec.target_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TargetInfo) and (self.ref, self.spec) == (other.ref, other.spec)
+
+    def __hash__(self) -> int:
+        return hash((self.ref, self.spec.target_id))
 
     @property
     def key(self) -> str:
-        return self.ref.replace(":", "_").replace("-", "_").replace(".", "_")
+        return ref_key(self.ref)
+
+    name = property(lambda self: self.spec.name)
+    variant = property(lambda self: self.spec.variant)
+    target_id = property(lambda self: self.spec.target_id)
+    grid = property(lambda self: self.spec.grid.value)  # "dense" | "patch" | "token"
+    loss = property(lambda self: self.spec.loss)  # "l1" | "l2" | "ce"
+    clip_shape = property(lambda self: self.spec.clip_shape)  # stored per-clip shape at the cached (T, S)
+    frames_needed = property(lambda self: self.spec.frames_needed)
+    params = property(lambda self: self.spec.params)
+    stored = property(lambda self: self.spec.stored)
+
+    @property
+    def paper_scaling(self) -> PaperScaling | None:
+        return self.spec.paper_scaling
 
     @property
     def channels(self) -> int:
         """Output width of the head: channels for DENSE, feature dim for PATCH, vocabulary for TOKEN."""
         if self.grid == "dense":
-            # (T', C, S, S) or (T, S, S) when stored without a channel axis (hog:paper, depth)
+            # (T', C, S, S) or (T, S, S) when stored without a channel axis
             return self.clip_shape[1] if len(self.clip_shape) == 4 else 1
         if self.grid == "patch":
             return self.clip_shape[-1]
@@ -64,31 +88,36 @@ class TargetInfo:
 
     @property
     def needs_video(self) -> bool:
-        """Pair targets and clip-level teachers mean nothing on a 1-frame image."""
-        return self.is_pair or self.name == "tvf"
+        """The spec's declaration: pair and whole-clip targets mean nothing on a 1-frame image."""
+        return self.spec.needs_video
 
 
-def pixel_info(num_frames: int, size: int) -> TargetInfo:
-    """The pixel target is the cached frames themselves (ImageNet-normalised by the dataset)."""
-    return TargetInfo(ref="pixel", name="pixel", variant="rgb", target_id="pixel", grid="dense", loss="l1",
-                      clip_shape=(num_frames, 3, size, size))
+class SpecSource(Protocol):
+    """What `read_target_infos` reads: a CacheReader (or a stand-in with the same two methods)."""
+
+    def attrs(self, ref: str = "frames") -> dict: ...
 
 
-def read_target_infos(reader: CacheReader, refs: list[str] | tuple[str, ...]) -> list[TargetInfo]:
-    """TargetInfo for each configured ref, from the stamped spec of its shard set."""
-    sampling = reader.attrs("frames")["sampling"]  # stamped into every frames shard
+def read_target_infos(reader: SpecSource, refs: list[str] | tuple[str, ...]) -> list[TargetInfo]:
+    """TargetInfo for each configured ref: the stamped spec of its shard set, or, for a target the
+    reader derives from the frames, its module's spec at the cached (T, S)."""
     infos = []
     for ref in refs:
-        if ref == "pixel":
-            infos.append(pixel_info(sampling["num_frames"], sampling["size"]))
-            continue
-        attrs = reader.attrs(ref)
-        spec = attrs["target_spec"]
-        infos.append(TargetInfo(
-            ref=ref, name=spec["name"], variant=spec["variant"], target_id=spec["target_id"],
-            grid=spec["grid"], loss=spec["loss"], clip_shape=tuple(spec["clip_shape"]),
-            frames_needed=int(spec.get("frames_needed", 1)),
-            teacher_weights=str(attrs.get("teacher_weights", "") or ""), params=dict(spec.get("params") or {}),
-            spec=dict(spec),
-        ))
+        spec_of = getattr(reader, "spec", None)
+        spec = spec_of(ref) if spec_of is not None else _spec_from_attrs(reader, ref)
+        weights = str(reader.attrs(ref).get("teacher_weights", "") or "") if spec.stored else ""
+        infos.append(TargetInfo(ref, spec, teacher_weights=weights))
     return infos
+
+
+def _spec_from_attrs(reader: SpecSource, ref: str) -> StoredSpec:
+    """For a reader that only exposes the stamped attributes: the set's spec, or the spec a target
+    module declares for a target derived from the frames."""
+    try:
+        return StoredSpec.from_record(reader.attrs(ref)["target_spec"])
+    except KeyError:
+        derived = derived_spec(ref)
+        if derived is None:
+            raise
+    sampling = reader.attrs("frames")["sampling"]
+    return derived.stored_spec(int(sampling["num_frames"]), int(sampling["size"]))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvm_targets.errors import InputError
 from mvm_targets.store import schema
+from mvm_targets.store.damage import open_shard
 from mvm_targets.store.shard_set import ShardSet
+from mvm_targets.targets.registry import ALIASES  # a constant: importing it loads no target module
+from mvm_targets.targets.spec import StoredSpec, split_ref
 
 DEFAULT_CACHE = Path("cache")
 
@@ -41,25 +45,61 @@ class ClipCache:
         return [ShardSet(p) for p in sorted(self.root.iterdir())
                 if p.is_dir() and p.name != schema.FRAMES_SET and not p.name.startswith(".")]
 
+    def stored_spec(self, shard_set: ShardSet, declarations: bool = True) -> StoredSpec:
+        """The spec stamped into a set's first shard (`declarations=False`: never consult target modules
+        for fields that older records lack)."""
+        shards = shard_set.shards()
+        if not shards:
+            raise InputError(f"{shard_set.directory}: no shards")
+        with open_shard(shards[0]) as handle:
+            raw = handle.attrs.get("target_spec")
+        if raw is None:
+            raise InputError(f"{shards[0]}: no target_spec attribute; not a target shard")
+        record = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return StoredSpec.from_record(record, declarations=declarations)
+
     def resolve_target(self, ref: str) -> ShardSet:
         """A set by exact id (`hog-paper-1a2b3c4d`) or by `name[:variant]`, as `extract` accepts it.
 
-        A bare name means the registry's default variant (`hog` is `hog:paper`), as in extract.
+        Resolved from the specs stamped into the shards, without importing any target module: a bare
+        name means the set whose record says it is its target's default variant (`hog` is `hog:paper`);
+        in caches written before records said so, a bare name matching exactly one set is that set.
         """
-        sets = self.target_sets()
-        matches = [s for s in sets if s.set_id == ref]
-        if not matches:
-            from mvm_targets.targets.registry import parse_target_ref
-
-            name, variant = parse_target_ref(ref)
-            matches = [s for s in sets if s.set_id.startswith(f"{name}-{variant}-")]
-        if len(matches) == 1:
-            return matches[0]
-        available = ", ".join(s.set_id for s in sets) or "none"
-        if not matches:
+        match = self.find_target(ref)
+        if match is None:
+            available = ", ".join(s.set_id for s in self.target_sets()) or "none"
             raise InputError(f"{self.root}: no cached target '{ref}' (cached targets: {available})")
+        return match
+
+    def find_target(self, ref: str) -> ShardSet | None:
+        """`resolve_target`, but None when nothing cached matches `ref` (several matches still raise)."""
+        sets = self.target_sets()
+        exact = [s for s in sets if s.set_id == ref]
+        if exact:
+            return exact[0]
+        name, variant = split_ref(ref)
+        name = ALIASES.get(name, name)
+        candidates = []
+        for shard_set in sets:
+            if not shard_set.set_id.startswith(f"{name}-"):
+                continue  # ids start with the target name: skip opening shards that cannot match
+            try:
+                spec = self.stored_spec(shard_set, declarations=False)
+            except (InputError, OSError, ValueError, KeyError):
+                continue  # an empty or damaged set is `verify`'s business, not a match
+            if spec.name == name and (variant is None or spec.variant == variant):
+                candidates.append((shard_set, spec))
+        if variant is None:
+            flagged = [c for c in candidates if c[1].default_variant]
+            unflagged = [c for c in candidates if c[1].default_variant is None]
+            candidates = flagged or (unflagged if len(unflagged) == 1 else
+                                     [c for c in candidates if c[1].default_variant is not False])
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0][0]
         raise InputError(f"{self.root}: '{ref}' matches several configurations; pick one of: "
-                         f"{', '.join(s.set_id for s in matches)}")
+                         f"{', '.join(s.set_id for s, _ in candidates)}")
 
 
 def dataset_caches(cache_root: Path, dataset: str) -> list[ClipCache]:

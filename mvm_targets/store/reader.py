@@ -18,9 +18,10 @@ import numpy as np
 
 from mvm_targets.store import schema
 from mvm_targets.store.damage import open_shard, read
-from mvm_targets.store.layout import DEFAULT_CACHE, open_clip_cache
+from mvm_targets.store.layout import DEFAULT_CACHE, ClipCache, open_clip_cache
 from mvm_targets.store.manifest import read_manifest
 from mvm_targets.store.shard_set import ShardSet
+from mvm_targets.targets.spec import StoredSpec, TargetSpec
 
 
 @dataclass(frozen=True)
@@ -30,30 +31,48 @@ class _Location:
 
 
 class CacheReader:
-    """`reader[key]` -> {"frames": (T, S, S, 3) uint8, "<target>": data, "<target>/<extra>": ..., "captions": [...]}.
+    """`reader[key]` -> {"frames": (T, S, S, 3) uint8, "<ref>": data, "<ref>/<extra>": ..., "captions": [...]}.
 
     Args:
         cache_root: the cache folder (default `cache/`).
         dataset: the dataset name (a folder under the cache root).
-        targets: target references to load with each clip, e.g. ["hog", "flow:dis"]; "pixel"
-            maps to the frames, as a (T, 3, S, S) uint8 array.
+        targets: target references to load with each clip, e.g. ["hog", "flow:dis"]. A reference is
+            resolved against the specs stamped into the cached sets; one that no set holds may name a
+            target whose module declares it is not stored (`stored=False`): its data is then derived
+            from the clip's frames by the module's `derive` function.
         frames_id: which sampling configuration, when the dataset has several.
-    Only keys present in the frames and in every requested target are listed in `keys`.
+    Only keys present in the frames and in every requested stored target are listed in `keys`.
     """
 
     def __init__(self, cache_root: Path = DEFAULT_CACHE, dataset: str = "synthetic",
                  targets: Sequence[str] = (), frames_id: str | None = None):
         self.clip_cache = open_clip_cache(Path(cache_root), dataset, frames_id)
-        self.target_refs = [t for t in targets if t != "pixel"]
-        self.include_pixel = "pixel" in targets
         sets = {"frames": self.clip_cache.frames}
-        sets.update({ref: self.clip_cache.resolve_target(ref) for ref in self.target_refs})
+        self._derived: dict[str, TargetSpec] = {}
+        for ref in dict.fromkeys(targets):
+            found = self.clip_cache.find_target(ref)
+            if found is not None:
+                sets[ref] = found
+            else:
+                self._derived[ref] = _derived_spec(self.clip_cache, ref)
+        self.target_refs = [ref for ref in sets if ref != "frames"]  # the refs read from shards
+        self.derived_refs = list(self._derived)  # the refs made from the frames
         self._index = {name: _index_set(shard_set) for name, shard_set in sets.items()}
+        self._sets = sets
         common = set.intersection(*(set(index) for index in self._index.values()))
         self.keys = sorted(common)
         self.captions = {k: r["captions"] for k, r in read_manifest(self.clip_cache.manifest_path).items()}
         self._handles: dict[Path, h5py.File] = {}
         self._pid = os.getpid()
+
+    def spec(self, ref: str) -> StoredSpec:
+        """The stored spec of a loaded reference (for a derived one, its module's spec at the cached T, S)."""
+        if ref in self._derived:
+            sampling = self.attrs("frames")["sampling"]
+            return self._derived[ref].stored_spec(int(sampling["num_frames"]), int(sampling["size"]))
+        if ref not in self._sets or ref == "frames":
+            raise KeyError(f"target '{ref}' is not loaded by this reader (loaded: {', '.join(self.target_refs)})")
+        return StoredSpec.from_record(self.attrs(ref)["target_spec"])
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -69,8 +88,8 @@ class CacheReader:
             "timestamps": read(handle, schema.TIMESTAMPS, at.row, at.shard, key),
             "captions": list(self.captions.get(key, [])),
         }
-        if self.include_pixel:
-            clip["pixel"] = np.ascontiguousarray(clip["frames"].transpose(0, 3, 1, 2))
+        for ref, spec in self._derived.items():
+            clip[ref] = spec.derive(clip["frames"])
         for ref in self.target_refs:
             at = self._index[ref][key]
             target_handle = self._open(at.shard)
@@ -100,6 +119,18 @@ class CacheReader:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}  # spawned workers reopen lazily
+
+
+def _derived_spec(clip_cache: ClipCache, ref: str) -> TargetSpec:
+    """The spec of a target that is never stored, whose module derives it from the frames; any other
+    uncached reference is the store's one-line 'no cached target' error."""
+    from mvm_targets.targets.registry import derived_spec
+
+    spec = derived_spec(ref)
+    if spec is None:
+        clip_cache.resolve_target(ref)  # raises: no such cached set
+        raise AssertionError(f"{ref} resolved after find_target found nothing")
+    return spec
 
 
 def _index_set(shard_set: ShardSet) -> dict[str, _Location]:

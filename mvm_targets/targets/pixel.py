@@ -41,7 +41,7 @@ def frame_pictures(data: np.ndarray, size: int) -> list[np.ndarray]:
 PIXEL_SPEC = TargetSpec(
     name="pixel", variant="rgb", version=1, grid=Grid.DENSE, dtype="uint8", loss="l1",
     clip_shape=lambda t, s: (t, 3, s, s), stored=False, derive=channels_first, picture=frame_pictures,
-    augmentation=pixel_augmentation("rgb", {}),
+    augmentation=pixel_augmentation("rgb", {}), normalize_as_input=True,
     paper_scaling=PaperScaling("mean", 1 / 3, "released code: mean L1 per masked pixel-channel / 3"),
     description="the canonical frames, (T, 3, S, S) uint8; ImageNet-normalised by the trainer",
 )

@@ -127,14 +127,41 @@ def is_default_variant(name: str, variant: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def declared_spec(name: str, variant: str) -> TargetSpec | None:
+def declared_spec(name: str, variant: str, grid: str | None = None) -> TargetSpec | None:
     """The spec a registered target declares for `variant`, built without teacher weights (declarations
-    such as `clip_scope`, `paper_scaling`, `derive` and `picture` never depend on weights); None when
-    no module here registers that target or it cannot be built here."""
+    such as `clip_scope`, `paper_scaling`, `derive` and `picture` never depend on weights).
+
+    A variant this build does not register, with `grid` given, falls back to the first registered
+    variant on that grid (a record from another build keeps its target's declarations). None when
+    no module here registers the target, or no variant fits, or it cannot be built here.
+    """
     _load_builtin_targets()
-    factory = _FACTORIES.get(ALIASES.get(name, name))
-    if factory is None or variant not in _VARIANTS.get(ALIASES.get(name, name), ()):
+    name = ALIASES.get(name, name)
+    factory = _FACTORIES.get(name)
+    if factory is None:
         return None
+    if variant in _VARIANTS[name]:
+        return _spec_without_weights(factory, variant)
+    if grid is None:
+        return None
+    for candidate in _VARIANTS[name]:
+        spec = _spec_without_weights(factory, candidate)
+        if spec is not None and spec.grid.value == grid:
+            return spec
+    return None
+
+
+def derived_spec(ref: str) -> TargetSpec | None:
+    """The spec of `ref` when its target is never stored (its module derives it from the cached frames
+    with `spec.derive`); None for a stored or unknown target."""
+    try:
+        spec = declared_spec(*parse_target_ref(ref))
+    except MvmTargetsError:
+        return None
+    return spec if spec is not None and not spec.stored else None
+
+
+def _spec_without_weights(factory: TargetFactory, variant: str) -> TargetSpec | None:
     import inspect
 
     options = {"weights": "random"} if "weights" in inspect.signature(factory).parameters else {}

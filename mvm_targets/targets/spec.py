@@ -18,6 +18,7 @@ target's own module when that is registered (so caches written before targets de
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -210,6 +211,9 @@ class TargetSpec:
     derive: DeriveFromFrames | None = field(default=None, compare=False, repr=False)
     # optional picture of one clip's data for `mvmtargets show`; None = the default of its grid
     picture: PictureFunction | None = field(default=None, compare=False, repr=False)
+    # True: the trainer normalises the values as it normalises the video input (ImageNet mean and std
+    # per channel of (T, 3, S, S) values in 0..255), e.g. a target that is the frames themselves
+    normalize_as_input: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", Grid(self.grid))
@@ -236,7 +240,8 @@ class TargetSpec:
 
         `default_variant` says whether a bare name (`hog`) means this variant; None asks the registry.
         """
-        skipped = ("clip_shape", "augmentation", "clip_scope", "paper_scaling", "derive", "picture")
+        skipped = ("clip_shape", "augmentation", "clip_scope", "paper_scaling", "derive", "picture",
+                   "normalize_as_input")
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
         record.update(self.augmentation.record())
         record["grid"] = self.grid.value
@@ -249,11 +254,13 @@ class TargetSpec:
 
             default_variant = is_default_variant(self.name, self.variant)
         record["default_variant"] = default_variant
+        if self.normalize_as_input:  # written only when set, so other records keep their exact form
+            record["normalize_as_input"] = True
         return record
 
     def stored_spec(self, num_frames: int, size: int) -> "StoredSpec":
-        """This spec as the store and the trainer see it at (T, S)."""
-        return StoredSpec.from_record(self.record(num_frames, size))
+        """This spec as the store and the trainer see it at (T, S) (with `derive` for a non-stored one)."""
+        return dataclasses.replace(StoredSpec.from_record(self.record(num_frames, size)), derive=self.derive)
 
     def to_json(self, num_frames: int, size: int) -> str:
         """The self-description stamped into every shard: `record()` as sorted JSON."""
@@ -285,18 +292,24 @@ class StoredSpec:
     description: str = field(default="", compare=False)
     paper_scaling: PaperScaling | None = None
     default_variant: bool | None = None  # None: written before records said it
+    normalize_as_input: bool = False  # the trainer normalises the values as it normalises its input frames
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # stored=False only: the module's function from one clip's frames to its data (never in a record)
+    derive: DeriveFromFrames | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> "StoredSpec":
-        """Parse a stored record (`json.loads(attrs["target_spec"])`); a missing field is a one-line error."""
+    def from_record(cls, record: Mapping[str, Any], declarations: bool = True) -> "StoredSpec":
+        """Parse a stored record (`json.loads(attrs["target_spec"])`); a missing field is a one-line error.
+
+        `declarations=False` never asks a target module for what an older record lacks (the store's
+        resolution of references uses this, so reading a cache imports no target module)."""
         missing = [k for k in ("name", "variant", "target_id", "grid", "dtype", "clip_shape") if k not in record]
         if missing:
             raise ValueError(f"stored target spec of '{record.get('target_id', '?')}' lacks {', '.join(missing)}")
         frames_needed = int(record.get("frames_needed", 1) or 1)
         declared = None
-        if "clip_scope" not in record or "paper_scaling" not in record:
-            declared = _declared_spec(str(record["name"]), str(record["variant"]))
+        if declarations and ("clip_scope" not in record or "paper_scaling" not in record):
+            declared = _declared_spec(str(record["name"]), str(record["variant"]), str(record["grid"]))
         if "clip_scope" in record:
             scope = ClipScope(record["clip_scope"])
         elif declared is not None:
@@ -315,7 +328,8 @@ class StoredSpec:
                    clip_scope=scope, stored=bool(record.get("stored", True)), version=int(record.get("version", 0)),
                    params=dict(record.get("params") or {}), model_id=record.get("model_id"),
                    description=str(record.get("description", "")), paper_scaling=scaling,
-                   default_variant=None if default is None else bool(default), record=dict(record))
+                   default_variant=None if default is None else bool(default),
+                   normalize_as_input=bool(record.get("normalize_as_input", False)), record=dict(record))
 
     @property
     def ref(self) -> str:
@@ -346,10 +360,10 @@ class StoredSpec:
         return self.default_variant is not False
 
 
-def _declared_spec(name: str, variant: str) -> "TargetSpec | None":
+def _declared_spec(name: str, variant: str, grid: str) -> "TargetSpec | None":
     from mvm_targets.targets.registry import declared_spec
 
-    return declared_spec(name, variant)
+    return declared_spec(name, variant, grid)
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

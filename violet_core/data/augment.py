@@ -2,19 +2,20 @@
 
 A clip is the dict `CacheReader[key]` returns, in the STORED layout (numpy, before tensors):
     frames            (T, S, S, 3) uint8
-    DENSE target      (T', S, S) or (T', C, S, S), T' = T - frames_needed + 1 (flow: (T-1, 2, S, S))
+    DENSE target      (T', S, S) or (T', C, S, S), T' = T - frames_needed + 1 (pairs: T - 1)
     PATCH target      (T, h*w, D) feature vectors, h = w = S/32 (vq:v1 ids: (T, h, w))
     TOKEN target      (T, S/8, S/8) ids
-    "<ref>/<extra>"   per-frame / per-pair side statistics (e.g. "flow/max_magnitude" (T-1,))
+    "<ref>/<extra>"   per-frame / per-pair side statistics (e.g. "<ref>/max_magnitude" (T-1,))
     "frame_indices", "timestamps"  (T,) per-frame metadata
 Only the refs named by the given `TargetInfo`s (and their extras) are transformed; a ref absent from
-the clip is skipped (e.g. "pixel", which the dataset rebuilds from the augmented frames).
+the clip is skipped (e.g. a target that is never stored, which the dataset derives from the augmented
+frames with its module's `derive` function).
 
 How a target follows a flip or a crop is declared by the target's own module
 (`mvm_targets.targets.spec.Augmentation`, read back from the stored spec by `augmentation_for`);
 nothing here depends on which target it is, only on that declaration and on the target's grid:
-    flip "exact"      the module's transform of the stored target (pixel: mirror; flow: mirror, -u)
-    flip "recompute"  the module recomputes the target from the mirrored frames (hog)
+    flip "exact"      the module's transform of the stored target (e.g. a mirror, and -u for a flow field)
+    flip "recompute"  the module recomputes the target from the mirrored frames
     flip "refuse"     an error, unless approximate flips are asked for: then the stored grid is
                       mirrored, which is not what the teacher gives on the mirrored clip
     crop              a plain slice of the target's grid; the module may recompute extras from it
@@ -33,7 +34,7 @@ from typing import Iterable
 import numpy as np
 
 # TOKEN_PX: one DALL-E token per 8 x 8 pixels
-from mvm_targets.targets.spec import TOKEN_PX, Augmentation, FlipRule, augmentation_for
+from mvm_targets.targets.spec import TOKEN_PX, Augmentation, FlipRule
 from violet_core.config import ConfigError
 from violet_core.target_info import PATCH_PX, TargetInfo
 
@@ -42,7 +43,7 @@ PER_FRAME_META = ("frame_indices", "timestamps")
 
 def target_augmentation(info: TargetInfo) -> Augmentation:
     """The flip/crop behaviour `info`'s target declares (from its module, else its stored spec)."""
-    return augmentation_for(info.spec or {"name": info.name, "variant": info.variant, "params": info.params})
+    return info.spec.augmentation
 
 
 def check_flips(infos: Iterable[TargetInfo], hflip_prob: float, approximate_flips: bool = False) -> None:

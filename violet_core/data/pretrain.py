@@ -3,7 +3,8 @@
 One item, for T frames of S x S pixels and L text tokens (layout of targets: violet_core.target_info):
     video      (T, 3, S, S) float32, ImageNet mean/std normalised (VIOLETv2 §1)
     text_ids   (L,) int64 "[CLS] ... [SEP] [PAD]...", text_mask (L,) int64
-    targets    ref -> tensor in the training layout (pixel: a copy of `video`)
+    targets    ref -> tensor in the training layout (a target whose spec says `normalize_as_input`, such
+               as the frames themselves, normalised exactly as `video`)
     extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
@@ -44,7 +45,8 @@ class PretrainDataset(Dataset):
     """Cache-backed video-text pretraining items (see the module docstring for the item layout).
 
     Args:
-        reader: a CacheReader loading every target in `infos` (except "pixel", read from the frames).
+        reader: a CacheReader loading every target in `infos` (those that are never stored are derived
+            here from the augmented frames, by their module's `derive`).
         infos: the MVM targets, from `read_target_infos`.
         tokenizer: the run's tokenizer.
         keys: the clips of this split (`split_keys`).
@@ -97,8 +99,10 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         key = self.keys[index]
         clip = self.reader[key]
-        clip.pop("pixel", None)  # rebuilt below from the augmented frames
-        stored = [i for i in self.infos if i.ref != "pixel"]
+        derived = [i for i in self.infos if not i.stored]
+        for info in derived:
+            clip.pop(info.ref, None)  # derived below from the augmented frames
+        stored = [i for i in self.infos if i.stored]
 
         start = self._offset(index, _WINDOW, self.cached_frames - self.num_frames + 1, self.random_window)
         clip = temporal_window(clip, stored, self.num_frames, start)
@@ -121,8 +125,10 @@ class PretrainDataset(Dataset):
 
         targets, extras = {}, {}
         for info in self.infos:
-            # A copy, not `video` itself: the trainer masks the video in place, the target must stay whole.
-            targets[info.ref] = video.clone() if info.ref == "pixel" else training_layout(info, clip[info.ref])
+            data = clip[info.ref] if info.stored else info.spec.derive(clip["frames"])
+            # normalised like the video input; a new tensor, as the trainer masks the video in place
+            targets[info.ref] = normalize_channels_first(data) if info.spec.normalize_as_input \
+                else training_layout(info, data)
             prefix = f"{info.ref}/"
             extras.update({name: _to_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
         return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
@@ -159,7 +165,7 @@ class PretrainDataset(Dataset):
             raise ValueError(f"{name}: {len(missing)} of {len(self.keys)} keys are not in the cache (or lack one of "
                              f"the reader's targets), e.g. {missing[:3]}")
         loaded = set(getattr(self.reader, "target_refs", ()))
-        absent = [i.ref for i in self.infos if i.ref != "pixel" and i.ref not in loaded]
+        absent = [i.ref for i in self.infos if i.stored and i.ref not in loaded]
         if absent:
             raise ValueError(f"{name}: the reader does not load the targets {absent}; build it with "
                              f"CacheReader(..., targets=[...]) naming them")
@@ -171,6 +177,12 @@ class PretrainDataset(Dataset):
 
 _MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def normalize_channels_first(values: np.ndarray) -> torch.Tensor:
+    """(T, 3, S, S) values in 0..255 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, as `normalize_frames`."""
+    video = torch.from_numpy(np.ascontiguousarray(values)).to(torch.float32) / 255.0
+    return ((video - _MEAN) / _STD).contiguous()
 
 
 def normalize_frames(frames: np.ndarray) -> torch.Tensor:
