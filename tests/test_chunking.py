@@ -49,8 +49,21 @@ def test_probe_measures_the_largest_tensor_inside_a_functional_call():
     assert runtime.largest_tensor_elements(model, torch.zeros(1, 3, 8, 8)) == 4 * 32 * 32
 
 
-def test_a_fake_limit_forces_smaller_chunks_and_outputs_match_the_unchunked_result(monkeypatch):
+@pytest.fixture
+def limited_cpu(monkeypatch):
+    """The CPU treated like a CUDA device with 32-bit indexing, with an empty probe memo."""
+    monkeypatch.setattr(runtime, "INDEX_LIMITED_DEVICES", frozenset({"cuda", "cpu"}))
     monkeypatch.setattr(runtime, "_ELEMENTS_PER_ITEM", {})
+
+
+def test_on_the_cpu_nothing_is_probed_or_split(monkeypatch):
+    monkeypatch.setattr(runtime, "INT_MAX_ELEMENTS", 10)
+    model, seen = _Upsampler(), []
+    runtime.run_batched(_recording(model, seen), torch.rand(9, 3, 8, 8), 4, CPU, bf16=False)
+    assert seen == [4, 4, 1]
+
+
+def test_a_fake_limit_forces_smaller_chunks_and_outputs_match_the_unchunked_result(monkeypatch, limited_cpu):
     monkeypatch.setattr(runtime, "INT_MAX_ELEMENTS", 3 * 4096 + 100)  # room for 3 items, not 4
     model, seen = _Upsampler(), []
     inputs = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -65,8 +78,7 @@ def test_a_fake_limit_forces_smaller_chunks_and_outputs_match_the_unchunked_resu
     assert seen == [3, 1]
 
 
-def test_a_hint_replaces_the_probe(monkeypatch):
-    monkeypatch.setattr(runtime, "_ELEMENTS_PER_ITEM", {})
+def test_a_hint_replaces_the_probe(monkeypatch, limited_cpu):
     monkeypatch.setattr(runtime, "INT_MAX_ELEMENTS", 1000)
     model, seen = _Upsampler(), []
     inputs = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -76,8 +88,7 @@ def test_a_hint_replaces_the_probe(monkeypatch):
         torch.testing.assert_close(out, model(inputs), rtol=0, atol=1e-6)
 
 
-def test_under_the_real_limit_the_batch_size_is_kept(monkeypatch):
-    monkeypatch.setattr(runtime, "_ELEMENTS_PER_ITEM", {})
+def test_under_the_real_limit_the_batch_size_is_kept(limited_cpu):
     model, seen = _Upsampler(), []
     runtime.run_batched(_recording(model, seen), torch.rand(9, 3, 8, 8), 4, CPU, bf16=False)
     assert seen == [1, 4, 4, 1]

@@ -81,6 +81,9 @@ def load_teacher(key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.M
 # CUDA kernels index with 32-bit ints: several (upsample_bilinear2d_nhwc, some convolutions) refuse a
 # tensor of more elements than this, so no chunk may make one.
 INT_MAX_ELEMENTS = 2**31 - 1
+# Devices whose kernels have that limit; CPU kernels index with 64 bits, so there a chunk is never
+# split and no probe forward runs.
+INDEX_LIMITED_DEVICES = frozenset({"cuda"})
 
 # largest tensor (elements) one input item makes inside `fn`, measured once per (fn, item shape, ...)
 _ELEMENTS_PER_ITEM: dict[tuple, int] = {}
@@ -101,7 +104,7 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
                 elements_per_item: int | None = None) -> torch.Tensor:
     """Apply `fn` to `inputs` (N, ...) in chunks of at most `batch_size` on `device`; float32 results on CPU.
 
-    A chunk is made smaller still when its largest tensor would pass `INT_MAX_ELEMENTS`:
+    On CUDA a chunk is made smaller still when its largest tensor would pass `INT_MAX_ELEMENTS`:
     `elements_per_item` (the largest activation one input item makes) is that size when the caller
     knows it; otherwise `fn` runs once on one item the first time and every tensor an operator
     returns inside it is measured (memoised per function, item shape, dtype, device and precision).
@@ -110,7 +113,9 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
     if n == 0:
         return inputs.new_zeros((0,))
     with inference(device, bf16):
-        if elements_per_item is None:
+        if device.type not in INDEX_LIMITED_DEVICES:
+            elements_per_item = 0  # no limit to keep to
+        elif elements_per_item is None:
             key = (_function_key(fn), tuple(inputs.shape[1:]), inputs.dtype, str(device), bf16)
             if key not in _ELEMENTS_PER_ITEM:
                 _ELEMENTS_PER_ITEM[key] = largest_tensor_elements(fn, inputs[:1].to(device))
