@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,19 +11,45 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run grids of VIOLET trainings over MVM targets and report them (train, run, check, status, report).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ablate {version('mvm-targets')}")
+        except PackageNotFoundError:
+            typer.echo("ablate (version unknown: the package is not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="print the version and exit"),
+    debug: bool = typer.Option(False, "--debug",
+                               help="print the full traceback of an unexpected error (also MVM_DEBUG=1)"),
+) -> None:
+    """Run grids of VIOLET trainings over MVM targets and report them (train, run, check, status, report)."""
+
+
 @app.command()
 def train(config: Path = typer.Argument(..., help="run config YAML (e.g. violet_core/configs/tiny.yaml)"),
           run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <out_dir>/<name> from the config"),
           overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE, value parsed as YAML; repeatable")) -> None:
     """Pretrain, finetune and evaluate one run; rerunning the same command resumes it."""
+    from mvm_targets.errors import is_known, report_error
     from violet_core.loop import NonFiniteLossError
-    from violet_core.train import parse_overrides, summary_line, train as train_run
+    from violet_core.train import existing_run_dir, parse_overrides, summary_line, train as train_run
 
     try:
         record = train_run(config, run_dir, parse_overrides(overrides))
     except NonFiniteLossError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
+    except Exception as error:  # noqa: BLE001 - unexpected: one line, the traceback in <run dir>/error.log
+        if is_known(error):
+            raise  # one line from main()
+        raise typer.Exit(report_error(error, "ablate train", existing_run_dir(config, run_dir, overrides)))
     typer.echo(summary_line(record))
 
 
@@ -63,17 +88,20 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
     """
     from ablations.check import check_grid
     from ablations.grid import InvalidRun, load_grid
-    from ablations.runner import EXIT_BAD_INPUT, RunOptions, code_version, parse_sets, plan_runs, run_grid
-    from ablations.slurm import SlurmOptions, SlurmUnavailable
-    from ablations.status import default_runs_dir
+    from ablations.launch.slurm import SlurmOptions, SlurmUnavailable
+    from ablations.plan import RunOptions, plan_runs
+    from ablations.rundir import default_runs_dir
+    from ablations.runner import EXIT_BAD_INPUT, run_grid
     from mvm_targets.interrupts import interrupted, report_interrupt
+    from mvm_targets.provenance import code_version
+    from violet_core.config import parse_overrides as parse_sets
 
     if launcher not in ("local", "slurm"):
         raise ValueError(f"--launcher must be local or slurm, got '{launcher}'")
     invalid: list[InvalidRun] = []
     spec = load_grid(grid, parse_sets(overrides) or None, invalid if dry_run else None)
     slurm = SlurmOptions(partition=slurm_partition, time_min=slurm_time, cpus_per_run=slurm_cpus, mem_gb=slurm_mem_gb,
-                         array_parallelism=slurm_parallelism, params=parse_sets(slurm_params))
+                         array_parallelism=slurm_parallelism, params=parse_sets(slurm_params, "--slurm-param"))
     options = RunOptions(runs_dir=runs_dir, jobs=jobs, gpus_per_run=gpus_per_run, dry_run=dry_run,
                          retry_failed=retry_failed, rerun_changed=rerun_changed, timeout_s=timeout, launcher=launcher,
                          slurm=slurm)
@@ -105,7 +133,8 @@ def check(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids
     Prints one line per bad cell and exits 2, or a summary line and exits 0. Reads only.
     """
     from ablations.check import check_grid_file
-    from ablations.runner import EXIT_BAD_INPUT, parse_sets
+    from ablations.runner import EXIT_BAD_INPUT
+    from violet_core.config import parse_overrides as parse_sets
 
     report = check_grid_file(grid, parse_sets(overrides) or None)
     if not report.ok:
@@ -118,12 +147,26 @@ def check(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids
 @app.command()
 def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, or a grid YAML"),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="with a grid: default runs/<grid name>"),
-           overrides: list[str] = typer.Option([], "--set", help="with a grid: as given to `ablate run`")) -> None:
+           overrides: list[str] = typer.Option([], "--set", help="with a grid: as given to `ablate run`"),
+           watch: bool = typer.Option(False, "--watch",
+                                      help="redraw every --interval, with steps and ETA, until every run is done or "
+                                           "failed (exit 0 all done, 1 some failed, 130 Ctrl-C)"),
+           interval: float = typer.Option(2.0, "--interval", help="seconds between redraws with --watch")) -> None:
     """Table of runs: alias, run id, state, failure, duration, headline metric."""
-    from ablations.runner import parse_sets
     from ablations.status import collect_rows, format_table, summarize_states
+    from violet_core.config import parse_overrides as parse_sets
 
-    title, rows = collect_rows(target, runs_dir, parse_sets(overrides) or None)
+    chosen = parse_sets(overrides) or None
+    if watch:
+        from ablations.watch import watch as watch_runs
+        from mvm_targets.interrupts import report_interrupt
+
+        try:
+            code = watch_runs(target, runs_dir, chosen, interval)
+        except KeyboardInterrupt:
+            raise typer.Exit(report_interrupt(lambda line: typer.echo(line, err=True)))
+        raise typer.Exit(code)
+    title, rows = collect_rows(target, runs_dir, chosen)
     if not rows:
         typer.echo(f"{title}: no runs")
         return
@@ -142,29 +185,19 @@ def report(runs: list[Path] = typer.Argument(None, help="run directories or runs
     """Protocol card, then per cell over seeds mean with 95 % t-interval and the paired Δ to the baseline
     (t-interval, sign-flip p-value), as CSV, markdown and charts."""
     from ablations.report import report_main
-    from ablations.runner import parse_sets
+    from violet_core.config import parse_overrides as parse_sets
 
-    chosen = parse_sets(baseline) if baseline else None
+    chosen = parse_sets(baseline, "--baseline") if baseline else None
     written = report_main(list(runs) if runs else [Path("runs")], out, chosen, grid=grid, bootstrap=bootstrap)
     for path in written:
         typer.echo(str(path))
 
 
 def main() -> None:
-    from mvm_targets.interrupts import interrupt_guard, interrupted, report_interrupt
+    """Entry point: known errors end as one line (see `mvm_targets.errors.run_typer_app`)."""
+    from mvm_targets.errors import run_typer_app
 
-    with interrupt_guard():
-        try:
-            app()  # always ends in SystemExit; typer turns a KeyboardInterrupt into a silent exit 130
-        except (ValueError, OSError) as error:
-            if interrupted():
-                sys.exit(report_interrupt())
-            typer.echo(f"error: {error}", err=True)
-            sys.exit(2)
-        except (KeyboardInterrupt, SystemExit):
-            if interrupted():
-                sys.exit(report_interrupt())
-            raise
+    run_typer_app(app, "ablate")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,7 +13,45 @@ from mvm_targets.errors import MvmTargetsError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Decode videos once, compute VIOLETv2's MVM targets, cache them in HDF5 shards.")
 
-CacheOpt = Annotated[Path, typer.Option("--cache", "--out", help="Cache folder.")]
+# The cache folder has one name across commands: `--cache` (extract also takes its older `--out`);
+# verify, info and show take it as their first argument too: `mvmtargets verify cache/`.
+CacheArg = Annotated[Optional[Path], typer.Argument(
+    help="Cache folder (the same as --cache; default: cache).", show_default=False)]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Cache folder (default: cache).",
+                                                  show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mvmtargets {version('mvm-targets')}")
+        except PackageNotFoundError:
+            typer.echo("mvmtargets (version unknown: the package is not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Print the full traceback of an unexpected error (also MVM_DEBUG=1).")] = False,
+) -> None:
+    """Decode videos once, compute VIOLETv2's MVM targets, cache them in HDF5 shards."""
+
+
+def _cache_folder(positional: Optional[Path], option: Optional[Path]) -> Path:
+    """The cache folder from the argument or --cache (they must agree); it must exist."""
+    if positional is not None and option is not None and positional != option:
+        raise MvmTargetsError(f"cache folder given twice: '{positional}' and --cache '{option}'")
+    cache = positional or option or Path("cache")
+    if not cache.exists():
+        raise MvmTargetsError(f"{cache}: no such cache folder; run `mvmtargets extract ... --cache {cache}` first")
+    if not cache.is_dir():
+        raise MvmTargetsError(f"{cache}: not a folder (expected a cache folder)")
+    return cache
 
 
 def _dataset_name(value: Optional[str]) -> Optional[str]:
@@ -27,6 +63,8 @@ def _dataset_name(value: Optional[str]) -> Optional[str]:
 
 DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name (default: the input folder's name).",
                                                    callback=_dataset_name)]
+CachedDatasetOpt = Annotated[Optional[str], typer.Option(
+    "--dataset", help="Dataset inside the cache (default: every dataset in it).", callback=_dataset_name)]
 
 
 @app.command()
@@ -46,7 +84,8 @@ def synth(out: Annotated[Path, typer.Argument(help="Output folder.")],
 
 
 @app.command("list")
-def list_command(frames: int = 4, size: int = 224) -> None:
+def list_command(frames: Annotated[int, typer.Option(help="T used to print the per-clip shapes.")] = 4,
+                 size: Annotated[int, typer.Option(help="S used to print the per-clip shapes.")] = 224) -> None:
     """List the registered targets, their variants, grids, dtypes and per-clip shapes."""
     from mvm_targets.targets import ALIASES, build_target, list_targets, list_variants
 
@@ -70,7 +109,8 @@ def extract(
     target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", "-o", help="Target setting NAME.KEY=VALUE, e.g. flow.preset=ultrafast; repeatable.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Cache folder.")] = Path("cache"),
+    out: Annotated[Path, typer.Option("--cache", "--out", help="Cache folder to write into (--out: the older name).")]
+    = Path("cache"),
     dataset: DatasetOpt = None,
     frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
     size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
@@ -173,7 +213,7 @@ def convert_dalle(pkl: Annotated[Path, typer.Argument(help="OpenAI's dall-e enco
 
 
 @app.command()
-def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None,
+def verify(cache_arg: CacheArg = None, cache: CacheOpt = None, dataset: CachedDatasetOpt = None,
            repair: Annotated[bool, typer.Option(
                help="Move damaged shards to <dataset>/quarantine/ and mark their clips for re-extraction.")]
            = False) -> None:
@@ -181,6 +221,7 @@ def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None,
     from mvm_targets.store.repair import repair_cache
     from mvm_targets.store.verify import verify_cache
 
+    cache = _cache_folder(cache_arg, cache)
     report = verify_cache(cache, dataset)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)
@@ -207,10 +248,11 @@ def verify(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None,
 
 
 @app.command()
-def info(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
+def info(cache_arg: CacheArg = None, cache: CacheOpt = None, dataset: CachedDatasetOpt = None) -> None:
     """Summarise a cache: videos, targets, sizes and failures."""
     from mvm_targets.store.summary import summarize_cache
 
+    cache = _cache_folder(cache_arg, cache)
     summaries = summarize_cache(cache, dataset)
     if not summaries:
         raise MvmTargetsError(f"{cache}: no cached datasets found")
@@ -223,46 +265,50 @@ def info(cache: CacheOpt = Path("cache"), dataset: DatasetOpt = None) -> None:
 
 
 @app.command()
-def show(key: Annotated[str, typer.Argument(help="Video key, e.g. videos/clip_00000.")],
+def show(paths: Annotated[list[str], typer.Argument(
+             metavar="[CACHE] KEY", show_default=False,
+             help="Optional cache folder (as --cache), then the video key, e.g. videos/clip_00000.")],
          target: Annotated[str, typer.Option("--target", "-t", help="Cached target to draw, e.g. hog, flow.")],
-         out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("show.png"),
-         cache: Annotated[Path, typer.Option("--cache", help="Cache folder.")] = Path("cache"),
-         dataset: DatasetOpt = None) -> None:
+         out: Annotated[Path, typer.Option(
+             "--out", help="Picture to write; the format follows the extension (.png, .jpg, .webp, .bmp, .tif).")]
+         = Path("show.png"),
+         cache: CacheOpt = None,
+         dataset: Annotated[Optional[str], typer.Option(
+             help="Dataset inside the cache (default: the only one there).", callback=_dataset_name)] = None,
+         frames_id: Annotated[Optional[str], typer.Option(
+             "--frames-id", help="Sampling configuration, e.g. t4_s64_skip, when the dataset has several "
+             "(`mvmtargets info` lists them).")] = None,
+         flow_scale: Annotated[Optional[float], typer.Option(
+             "--flow-scale", help="Flow magnitude in px drawn at full colour (default: the clip's largest, "
+             "at least 1 px, so a near-static clip stays pale).")] = None) -> None:
     """Draw a clip's frames above what the model will regress for one target."""
+    from mvm_targets import visualize
     from mvm_targets.show import render_target_panel
     from mvm_targets.store.layout import list_datasets
 
+    if len(paths) not in (1, 2):
+        raise MvmTargetsError(f"show takes [CACHE] KEY, got {len(paths)} arguments: {' '.join(paths)}")
+    key = paths[-1]
+    cache = _cache_folder(Path(paths[0]) if len(paths) == 2 else None, cache)
+    visualize.image_format_for(out)  # refuse an unknown extension before reading anything
+    if out.is_dir():
+        raise MvmTargetsError(f"--out {out}: is a folder (give a file name such as {out / 'show.png'})")
     names = list_datasets(cache)
     if dataset is None and len(names) != 1:
         raise MvmTargetsError(f"{cache}: pass --dataset (found: {', '.join(names) or 'none'})")
-    render_target_panel(cache, dataset or names[0], key, target, out)
+    with visualize.flow_legend_scope(flow_scale):
+        render_target_panel(cache, dataset or names[0], key, target, out, frames_id=frames_id)
     typer.echo(f"wrote {out}")
 
 
 def _build_targets(refs: list[str], runtime: dict, settings: list[str]):
-    """Build targets; `runtime` settings (device, weights, ...) go to the factories that take them.
-    With 'all', targets that cannot be built here (missing weights) are skipped with their reason."""
-    from mvm_targets.targets import build_target
-    from mvm_targets.targets.registry import factory_parameters, parse_target_ref, targets_for_all
+    """Build targets (`mvm_targets.targets.build.build_targets`); `runtime` settings (device, weights, ...)
+    go to the factories that take them. With 'all', targets that cannot be built here (missing
+    weights) are skipped with their reason."""
+    from mvm_targets.targets.build import build_targets
 
-    options_by_name = _parse_target_options(settings)
-    expanded = targets_for_all() if "all" in refs else refs
-    targets = []
-    for ref in expanded:
-        name, _ = parse_target_ref(ref)
-        accepted = factory_parameters(ref)
-        options = {k: v for k, v in runtime.items() if k in accepted and v is not None}
-        options.update(options_by_name.get(name, {}))
-        try:
-            targets.append(build_target(ref, **options))
-        except TypeError as error:  # an option the target does not take
-            given = sorted(options_by_name.get(name, {}))
-            raise MvmTargetsError(f"target '{ref}' does not accept option(s) {given}: {error}") from None
-        except MvmTargetsError as error:
-            if "all" not in refs:
-                raise
-            typer.echo(f"skipping {ref}: {error}", err=True)
-    return targets
+    return build_targets(refs, runtime, _parse_target_options(settings),
+                         on_unavailable=lambda ref, error: typer.echo(f"skipping {ref}: {error}", err=True))
 
 
 def _parse_target_options(settings: list[str]) -> dict[str, dict[str, object]]:
@@ -308,20 +354,10 @@ def _with_progress(job):
 
 
 def main() -> None:
-    from mvm_targets.interrupts import interrupt_guard, interrupted, report_interrupt
+    """Entry point: known errors end as one line (see `mvm_targets.errors.run_typer_app`)."""
+    from mvm_targets.errors import run_typer_app
 
-    with interrupt_guard():
-        try:
-            app()  # always ends in SystemExit; typer turns a KeyboardInterrupt into a silent exit 130
-        except (MvmTargetsError, ValueError, OSError) as error:
-            if interrupted():
-                sys.exit(report_interrupt())
-            typer.echo(f"error: {error}", err=True)
-            sys.exit(1 if isinstance(error, OSError) and error.errno == errno.ENOSPC else 2)  # full disk: not usage
-        except (KeyboardInterrupt, SystemExit):
-            if interrupted():
-                sys.exit(report_interrupt())
-            raise
+    run_typer_app(app, "mvmtargets")
 
 
 if __name__ == "__main__":

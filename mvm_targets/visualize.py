@@ -6,7 +6,11 @@ panels can be compared across runs. `render_panel` stacks a clip's frames above 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -36,26 +40,53 @@ VIRIDIS_ANCHORS = np.array([
 PANEL_GAP = 4  # px between cells and around the panel
 PANEL_BACKGROUND = 255
 
+# The smallest magnitude (px per frame pair) drawn fully saturated. Scaling by the observed maximum
+# alone would stretch a near-static clip's sub-pixel noise into vivid apparent motion.
+FLOW_SCALE_FLOOR_PX = 1.0
+
+# Inside `flow_legend_scope`: a user's fixed scale, and every scale `flow_to_rgb` drew with, so the
+# saved picture can state it under a colour-wheel legend.
+_flow_scope: contextvars.ContextVar[dict | None] = contextvars.ContextVar("flow_scope", default=None)
+
+
+@contextlib.contextmanager
+def flow_legend_scope(scale: float | None = None) -> Iterator[dict]:
+    """Within the block, `flow_to_rgb` uses `scale` (px) when given instead of its own, and records
+    the scales it used; `save_image` then adds a colour-wheel legend stating that scale."""
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"--flow-scale must be a positive number of pixels, got {scale}")
+    token = _flow_scope.set({"scale": scale, "used": []})
+    try:
+        yield _flow_scope.get()
+    finally:
+        _flow_scope.reset(token)
+
+
+def flow_scale(observed_max: float, user_scale: float | None = None) -> float:
+    """The magnitude (px) drawn fully saturated: the user's, else max(observed, FLOW_SCALE_FLOOR_PX)."""
+    if user_scale is not None:
+        return float(user_scale)
+    return max(float(observed_max) if math.isfinite(observed_max) else 0.0, FLOW_SCALE_FLOOR_PX)
+
 
 def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     """(2, H, W) flow (u = x, v = y, pixels) -> (H, W, 3) uint8 colour-wheel image.
 
-    Hue encodes direction, saturation the magnitude relative to `max_magnitude` (default: the
-    flow's own largest magnitude); zero flow is white and magnitudes at or above the maximum are
-    fully saturated. Pass a shared `max_magnitude` to make several pairs comparable.
+    Hue encodes direction, saturation the magnitude relative to a fixed scale: `max_magnitude`
+    (default: the flow's own largest magnitude), never below `FLOW_SCALE_FLOOR_PX`, or the scale
+    set by `flow_legend_scope`. Zero flow is white and magnitudes at or above the scale are fully
+    saturated. Pass a shared `max_magnitude` to make several pairs comparable.
     """
     if flow.ndim != 3 or flow.shape[0] != 2:
         raise ValueError(f"expected flow of shape (2, H, W), got {flow.shape}")
     u, v = (np.nan_to_num(c.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) for c in flow)
     magnitude = np.hypot(u, v)
-    scale = float(magnitude.max()) if max_magnitude is None else float(max_magnitude)
-    if scale <= 0:
-        return np.full(u.shape + (3,), 255, np.uint8)
-    saturation = np.clip(magnitude / scale, 0.0, 1.0)[..., None]
-    hue_colour = wheel_colour(np.arctan2(v, u))
-    # blend from white towards the hue: small motions stay pale, so the background reads as "still"
-    rgb = 255.0 - saturation * (255.0 - hue_colour)
-    return np.round(rgb).astype(np.uint8)
+    scope = _flow_scope.get()
+    observed = float(magnitude.max()) if max_magnitude is None else float(max_magnitude)
+    scale = flow_scale(observed, scope["scale"] if scope else None)
+    if scope is not None:
+        scope["used"].append(scale)
+    return flow_to_rgb_at_scale(np.stack([u, v]), scale)
 
 
 def wheel_colour(angle: np.ndarray) -> np.ndarray:
@@ -224,11 +255,69 @@ def draw_title(panel: np.ndarray, title: str) -> np.ndarray:
     return np.asarray(image).copy()
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write (H, W, 3) uint8 as PNG, creating parent folders; returns the path."""
+def flow_legend(scale: float, height: int) -> np.ndarray:
+    """(height, W, 3) uint8 strip: the colour wheel (direction -> hue, centre = still, rim = `scale`
+    px per frame pair or more) and the scale in words, to sit under a panel of flow pictures."""
+    side = max(24, min(height, 96))
+    radius = (side - 1) / 2
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32) - radius
+    # a disc of flow vectors pointing away from the centre, drawn with the picture's own colours
+    disc = flow_to_rgb_at_scale(np.stack([xs, ys]) / radius * scale, scale)
+    disc[np.hypot(xs, ys) > radius] = PANEL_BACKGROUND
+    text = f"flow: hue = direction (right red, down yellow, left cyan, up violet); full colour = {scale:.3g} px"
+    font = ImageFont.load_default()
+    left, top, right, bottom = font.getbbox(text)
+    width = PANEL_GAP + side + PANEL_GAP + (right - left) + PANEL_GAP
+    strip = Image.new("RGB", (width, side + 2 * PANEL_GAP), (PANEL_BACKGROUND,) * 3)
+    strip.paste(Image.fromarray(disc), (PANEL_GAP, PANEL_GAP))
+    ImageDraw.Draw(strip).text((2 * PANEL_GAP + side, PANEL_GAP + (side - (bottom - top)) // 2 - top), text,
+                               fill=(0, 0, 0), font=font)
+    return np.asarray(strip).copy()
+
+
+def flow_to_rgb_at_scale(flow: np.ndarray, scale: float) -> np.ndarray:
+    """`flow_to_rgb` at exactly `scale` px, outside any `flow_legend_scope` and its floor."""
+    u, v = flow.astype(np.float32)
+    saturation = np.clip(np.hypot(u, v) / scale, 0.0, 1.0)[..., None]
+    # blend from white towards the hue: small motions stay pale, so the background reads as "still"
+    return np.round(255.0 - saturation * (255.0 - wheel_colour(np.arctan2(v, u)))).astype(np.uint8)
+
+
+def add_footer(image: np.ndarray, footer: np.ndarray) -> np.ndarray:
+    """Stack `footer` under `image`, left-aligned on the panel background, widening as needed."""
+    width = max(image.shape[1], footer.shape[1])
+    out = np.full((image.shape[0] + footer.shape[0], width, 3), PANEL_BACKGROUND, np.uint8)
+    out[:image.shape[0], :image.shape[1]] = image
+    out[image.shape[0]:, :footer.shape[1]] = footer
+    return out
+
+
+def save_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write (H, W, 3) uint8 in the format its extension names (.png, .jpg/.jpeg, .webp, .bmp, .tif),
+    creating parent folders; returns the path. Inside `flow_legend_scope`, when flow was drawn, a
+    colour-wheel legend stating the scale goes under the picture."""
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     path = Path(path)
+    image_format = image_format_for(path)
+    scope = _flow_scope.get()
+    if scope and scope["used"]:
+        image = add_footer(image, flow_legend(max(scope["used"]), 48))
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
+    Image.fromarray(image).save(path, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
     return path
+
+
+save_png = save_image  # the older name; the format follows the extension
+
+
+def image_format_for(path: Path) -> str:
+    """PIL's format name for `path`'s extension; a one-line refusal for one it cannot write."""
+    from PIL import Image as PILImage
+
+    PILImage.init()
+    image_format = PILImage.EXTENSION.get(path.suffix.lower())
+    if image_format not in ("PNG", "JPEG", "WEBP", "BMP", "TIFF"):
+        raise ValueError(f"{path}: cannot tell the image format from the extension '{path.suffix}' "
+                         "(use .png, .jpg, .webp, .bmp or .tif)")
+    return image_format

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mvm_targets.store.diskspace import nbytes_of, raise_if_out_of_space
+from violet_core.tracking import Tracker
 
 
 class RunDir:
@@ -42,10 +43,15 @@ class RunDir:
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
 
+    # also receives every logged record (TensorBoard, progress bar): see violet_core.tracking
+    tracker: "Tracker | None" = None
+
     def log(self, record: dict[str, Any]) -> None:
         if self.writer:
             with open(self.root / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(_finite(record)) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(record)
 
     def truncate_log(self, phase: str, after_step: int) -> None:
         """Drop `phase`'s log lines past `after_step` (-1: all of them), which a resumed run is about to

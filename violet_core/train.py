@@ -44,6 +44,7 @@ from violet_core.optim import build_optimizer, build_schedule
 from violet_core.provenance import software_versions
 from violet_core.run_dir import RunDir
 from violet_core.target_info import TargetInfo, read_target_infos
+from violet_core.tracking import open_trackers
 
 log = logging.getLogger("violet_core")
 
@@ -63,6 +64,10 @@ class Run:
                                                  ("cuda" if torch.cuda.is_available() else "cpu"))
         self.device = distributed.resolve_device(config.device, self.dist.local_rank)
         self.dir = RunDir(run_dir, writer=self.dist.is_main)
+        if self.dist.is_main:  # TensorBoard beside metrics.jsonl, a progress bar on a terminal
+            steps = {"pretrain": config.pretrain.optim.steps,
+                     **{task: config.downstream.optim.steps for task in config.downstream.tasks}}
+            self.dir.tracker = open_trackers(self.dir.root, steps)
         if self.dist.is_main:
             save_config(config, self.dir.root / "config.yaml")
         seed_everything(config.seed)
@@ -235,28 +240,52 @@ def train(config_path: str | Path, run_dir: str | Path | None = None,
         run.dir.write_json("failure.json", {"class": "nan", "message": str(error), "step": error.step})
         raise
     finally:
+        if run.dir.tracker is not None:
+            run.dir.tracker.close()
         distributed.shutdown(run.dist)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mvm_targets.errors import report_error, take_debug_flag
+
     parser = argparse.ArgumentParser(prog="violet_core.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config")
-    parser.add_argument("--run-dir")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    parser.add_argument("config", help="run config YAML (e.g. violet_core/configs/tiny.yaml)")
+    parser.add_argument("--run-dir", help="default: <out_dir>/<name> from the config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, value parsed as YAML; repeatable")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an unexpected error (also MVM_DEBUG=1)")
+
+    def usage_error(message: str) -> None:  # argparse's two-line usage message, as one line
+        print(f"error: violet_core.train: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = usage_error  # type: ignore[method-assign]
+    args = parser.parse_args(take_debug_flag(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         record = train(args.config, args.run_dir, parse_overrides(args.overrides))
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, OSError, MvmTargetsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # noqa: BLE001 - one line, the traceback in <run dir>/error.log
+        return report_error(error, "violet_core.train", existing_run_dir(args.config, args.run_dir, args.overrides))
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(summary_line(record))
     return 0
+
+
+def existing_run_dir(config_path: str | Path, run_dir: str | Path | None, overrides: list[str]) -> Path | None:
+    """The run's folder when it exists (where an unexpected error's traceback goes), else None."""
+    try:
+        path = Path(run_dir) if run_dir else None
+        if path is None:
+            config = load_config(config_path, parse_overrides(overrides))
+            path = Path(config.out_dir) / config.name
+        return path if path.is_dir() else None
+    except Exception:  # noqa: BLE001 - a config that does not load has no run folder
+        return None
 
 
 def summary_line(record: dict[str, Any]) -> str:
