@@ -225,9 +225,11 @@ def _cache_geometry(config: RunConfig, job: CacheJob | None) -> tuple[tuple[int,
     except MvmTargetsError as error:
         return None, [f"no cache section to extract from, and {error}"]
     problems = []
+    from mvm_targets.targets.registry import derived_spec
+
     for ref in config.mvm.targets:
-        if ref == "pixel":
-            continue
+        if derived_spec(ref) is not None:
+            continue  # never stored: the trainer derives it from the cached frames
         try:
             clip_cache.resolve_target(ref)
         except MvmTargetsError as error:

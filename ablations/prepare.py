@@ -14,7 +14,7 @@ The store location and dataset name are NOT in this section: they are the runs' 
 and `data.dataset`, so what is extracted is exactly what the trainer opens. Runs are grouped by
 (cache, dataset, frames_id) and each group is extracted in one `mvm_targets.extract` call with the
 union of its targets, so every clip is decoded once and every target computed once for the grid.
-`pixel` is the cached frames themselves and needs no extraction of its own.
+A target its module declares as never stored (derived from the cached frames) needs no extraction of its own.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class CacheJob:
     cache_root: Path
     dataset: str
     frames_id: str | None  # what the runs ask for (data.frames_id); None = the dataset's only sampling
-    refs: tuple[str, ...]  # target refs as written in mvm.targets, sorted, pixel included
+    refs: tuple[str, ...]  # target refs as written in mvm.targets, sorted, derived ones included
     runs: int  # how many runs read this group
     source: Path | None = None
     synth: dict[str, Any] | None = None
@@ -55,7 +55,10 @@ class CacheJob:
 
     @property
     def stored_refs(self) -> tuple[str, ...]:
-        return tuple(r for r in self.refs if r != "pixel")
+        """The refs that have shard sets: every one but those derived from the frames (`stored=False`)."""
+        from mvm_targets.targets.registry import derived_spec
+
+        return tuple(r for r in self.refs if derived_spec(r) is None)
 
 
 @dataclass(frozen=True)
@@ -207,26 +210,19 @@ def frames_id_problem(job: CacheJob, frames_id: str, present: list[str]) -> str 
 def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
     """mvm_targets Target objects for the job's refs; unknown or unavailable ones are one-line errors."""
     from mvm_targets.errors import MvmTargetsError
-    from mvm_targets.targets import build_target
-    from mvm_targets.targets.registry import factory_parameters, parse_target_ref
+    from mvm_targets.targets.build import TargetOptionError
+    from mvm_targets.targets.build import build_targets as build_from_refs
 
     runtime = {k: job.settings[k] for k in RUNTIME_KEYS if job.settings.get(k) is not None}
     per_target = job.settings.get("options") or {}
     if not isinstance(per_target, dict):
         raise PrepareError(f"{grid.path}: cache: options must map a target name to its settings, got {per_target!r}")
-    targets = []
-    for ref in job.refs:
-        try:
-            name, _ = parse_target_ref(ref)
-            accepted = factory_parameters(ref)
-            options = {k: v for k, v in runtime.items() if k in accepted}
-            options.update(per_target.get(name) or {})
-            targets.append(build_target(ref, **options))
-        except MvmTargetsError as error:
-            raise PrepareError(f"{grid.path}: mvm.targets: {error}") from None
-        except TypeError as error:
-            raise PrepareError(f"{grid.path}: cache: options for '{ref}': {error}") from None
-    return targets
+    try:
+        return build_from_refs(job.refs, runtime, per_target)
+    except TargetOptionError as error:
+        raise PrepareError(f"{grid.path}: cache: options: {error}") from None
+    except MvmTargetsError as error:
+        raise PrepareError(f"{grid.path}: mvm.targets: {error}") from None
 
 
 def _ensure_source(grid: Grid, job: CacheJob) -> bool:
