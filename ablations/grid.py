@@ -38,41 +38,23 @@ that the grid varies (axes with more than one value, plus the seed).
 
 from __future__ import annotations
 
-import copy
-import difflib
 import hashlib
 import itertools
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from ablations.grid_sections import (SEED_KEY, Dimension, GridError, check_field, describe_assignment, load_base,
+                                     matches, merge, nest, parse_assignments, parse_axes, parse_labels, parse_seeds)
+from ablations.identity import IDENTITY_EXCLUDED, format_value, run_id, safe_name, value_key
 from mvm_targets.names import name_problem
-from violet_core.config import (ConfigError, RunConfig, apply_overrides, config_from_dict, field_paths,
-                                read_yaml_mapping)
+from violet_core.config import ConfigError, apply_overrides, config_from_dict, field_paths, read_yaml_mapping
 
 TOP_LEVEL_KEYS = ("name", "description", "base_config", "base", "cache", "axes", "zip", "exclude", "seeds",
                   "baseline", "labels")
-
-# Fields that name or place a run, or pick hardware, without changing what it computes. Leaving them
-# out of the hash lets a grid move between a laptop (device=cpu, num_workers=0, out_dir=runs) and a
-# cluster (cuda, 8 workers, /scratch/...) and still find the runs it already finished; `name` is set
-# to the alias, which differs between grids that share a config. num_workers is assumed to change
-# throughput only, i.e. the data pipeline seeds its randomness per sample rather than per worker.
-IDENTITY_EXCLUDED = ("name", "out_dir", "data.num_workers", "device")
-
-SEED_KEY = "seed"
 CACHE_PREFIX = "cache."  # overrides of the grid's cache section rather than of the runs' config
-Fail = Callable[[str, str], "GridError"]  # (section, message) -> an error naming the grid file
-Dimension = tuple[tuple[str, ...], list[tuple[Any, ...]]]  # axis keys, rows of values (a zip group: several keys)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]")
-
-
-class GridError(ValueError):
-    """A grid file that cannot be expanded; the one-line message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -105,63 +87,6 @@ class Grid:
 
     def label(self, key: str) -> str:
         return self.labels.get(key, key)
-
-
-# ----------------------------------------------------------------------------------------------
-# Identity
-
-
-def run_id(config: Mapping[str, Any] | RunConfig) -> str:
-    """First 12 hex digits of the sha256 of the resolved config's canonical JSON, minus IDENTITY_EXCLUDED.
-
-    A partial mapping is resolved first (defaults filled, numbers coerced), so `{"mask": {"ratio": 1}}`
-    and the full dict of the same config share an id. The JSON is key-sorted with compact
-    separators, which makes the id independent of dict order and of Python's hash seed.
-    """
-    resolved = config.to_dict() if isinstance(config, RunConfig) else config_from_dict(dict(config)).to_dict()
-    for dotted in IDENTITY_EXCLUDED:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for part in parents:
-            node = node[part]
-        node.pop(leaf, None)
-    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def format_value(value: Any) -> str:
-    """How a factor value reads in aliases and report columns: lists '+'-joined, [] -> 'none'."""
-    if isinstance(value, (list, tuple)):
-        return "+".join(format_value(v) for v in value) if value else "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return str(value)
-
-
-def safe_name(text: str) -> str:
-    """`text` with characters that are awkward in file names (':', '/', spaces...) replaced."""
-    return _UNSAFE.sub("_", text.replace(":", "-").replace("/", "-"))
-
-
-def value_key(value: Any) -> str:
-    """A hashable canonical form for comparing values: tuples == lists, 1 == 1.0, True != 1."""
-    return json.dumps(_canon(value), sort_keys=True, separators=(",", ":"))
-
-
-def _canon(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _canon(v) for k, v in value.items()}
-    return str(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,32 +129,32 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
     if problem:
         raise fail("name", f"{problem} (the grid's runs go to runs/<name>)")
     known_fields = field_paths()
-    base = _load_base(spec, Path(path), fail)
+    base = load_base(spec, Path(path), fail)
     cache_overrides = {k[len(CACHE_PREFIX):]: v for k, v in (overrides or {}).items() if k.startswith(CACHE_PREFIX)}
     overrides = {k: v for k, v in (overrides or {}).items() if not k.startswith(CACHE_PREFIX)}
     if overrides:
         for key in overrides:
-            _check_field(key, known_fields, fail, "overrides")
-        base = _merge(base, _nest(dict(overrides), fail, "overrides"))
+            check_field(key, known_fields, fail, "overrides")
+        base = merge(base, nest(dict(overrides), fail, "overrides"))
 
-    dimensions, values, paired = _parse_axes(spec, known_fields, fail)
+    dimensions, values, paired = parse_axes(spec, known_fields, fail)
     if overrides:
         clash = [k for k in overrides if k in values]
         if clash:
             raise fail("overrides", f"'{clash[0]}' is a grid axis; an override would collapse it (edit the axis)")
-    seeds = _parse_seeds(spec, base, fail)
+    seeds = parse_seeds(spec, base, fail)
     values[SEED_KEY] = seeds
     axes = list(values)
-    labels = _parse_labels(spec, axes, fail)
-    exclude = _parse_assignments(spec.get("exclude") or [], "exclude", values, fail, allow_seed=True)
-    baseline_rules = _parse_assignments([spec["baseline"]] if spec.get("baseline") else [], "baseline", values, fail,
+    labels = parse_labels(spec, axes, fail)
+    exclude = parse_assignments(spec.get("exclude") or [], "exclude", values, fail, allow_seed=True)
+    baseline_rules = parse_assignments([spec["baseline"]] if spec.get("baseline") else [], "baseline", values, fail,
                                         allow_seed=False)
     baseline = baseline_rules[0] if baseline_rules else {}
     cache = spec.get("cache") or {}
     if not isinstance(cache, Mapping):
         raise fail("cache", f"must be a mapping, got {cache!r}")
     if cache_overrides:
-        cache = _merge(dict(cache), _nest(cache_overrides, fail, "overrides"))
+        cache = merge(dict(cache), nest(cache_overrides, fail, "overrides"))
     if "synth" in cache and not isinstance(cache["synth"], Mapping):
         raise fail("cache", f"'synth' must be a mapping like {{clips: 96, seed: 0}}, got {cache['synth']!r}")
 
@@ -240,8 +165,8 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
                                   None if invalid is None else collected)
     if not runs and not collected:
         raise fail("exclude", "every run is excluded")
-    if baseline and runs and not collected and not any(_matches(r.factors, baseline) for r in runs):
-        raise fail("baseline", f"the cell {_describe_assignment(baseline, labels)} is entirely excluded")
+    if baseline and runs and not collected and not any(matches(r.factors, baseline) for r in runs):
+        raise fail("baseline", f"the cell {describe_assignment(baseline, labels)} is entirely excluded")
 
     content = {"name": name, "base": base, "cache": cache,
                "axes": spec.get("axes") or {}, "zip": spec.get("zip") or [], "exclude": spec.get("exclude") or [],
@@ -264,7 +189,7 @@ def _expand_runs(base: dict[str, Any], dimensions: list[Dimension], seeds: list[
         for (keys, _), row in zip(dimensions, combo[:-1]):
             assignment.update(zip(keys, row))
         assignment[SEED_KEY] = combo[-1]
-        if any(_matches(assignment, rule) for rule in exclude):
+        if any(matches(assignment, rule) for rule in exclude):
             excluded += 1
             continue
         try:
@@ -284,159 +209,6 @@ def _expand_runs(base: dict[str, Any], dimensions: list[Dimension], seeds: list[
         seen_aliases.add(run.alias)
         runs.append(run)
     return runs, excluded
-
-
-def _load_base(spec: Mapping[str, Any], path: Path, fail: Fail) -> dict[str, Any]:
-    base: dict[str, Any] = {}
-    if spec.get("base_config"):
-        config_path = (path.parent / str(spec["base_config"])).resolve()
-        if not config_path.exists():
-            raise fail("base_config", f"no such file {config_path}")
-        try:
-            base = read_yaml_mapping(config_path, "base_config", ConfigError)
-        except ConfigError as error:
-            raise fail("base_config", str(error)) from None
-    stated = spec.get("base") or {}
-    if not isinstance(stated, Mapping):
-        raise fail("base", f"must be a mapping of RunConfig fields, got {stated!r}")
-    return _merge(base, _nest(dict(stated), fail, "base"))
-
-
-def _nest(raw: dict[str, Any], fail: Fail, where: str) -> dict[str, Any]:
-    """Dotted keys ('data.size: 64') become nested sections, so both spellings merge alike."""
-    nested: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, Mapping):
-            value = _nest(dict(value), fail, where)
-        try:
-            nested = _merge(nested, apply_overrides({}, {str(key): value}))
-        except ConfigError as error:
-            raise fail(where, str(error)) from None
-    return nested
-
-
-def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(into)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _check_field(key: str, known: list[str], fail: Fail, section: str) -> None:
-    if key in known:
-        return
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise fail(section, f"'{key}' is not a RunConfig field{hint}")
-
-
-def _parse_axes(spec: Mapping[str, Any], known: list[str], fail: Fail
-                ) -> tuple[list[Dimension], dict[str, list[Any]], list[list[str]]]:
-    """Product axes and zip groups as dimensions, the declared values per axis key, and the zip groups."""
-    dimensions: list[Dimension] = []
-    values: dict[str, list[Any]] = {}
-
-    def add_axis(key: Any, items: Any, section: str) -> None:
-        key = str(key)
-        if key == SEED_KEY:
-            raise fail(section, f"'{key}' is the replicate axis; list seeds under 'seeds'")
-        _check_field(key, known, fail, section)
-        if key in IDENTITY_EXCLUDED:
-            raise fail(section, f"'{key}' does not change results, so runs differing only in it would share an id")
-        if key in values:
-            raise fail(section, f"'{key}' is already an axis")
-        if not isinstance(items, list) or not items:
-            raise fail(section, f"'{key}' needs a non-empty list of values, got {items!r}")
-        keys = [value_key(v) for v in items]
-        twice = next((v for v, k in zip(items, keys) if keys.count(k) > 1), None)
-        if len(set(keys)) != len(keys):
-            raise fail(section, f"'{key}' lists the value {twice!r} twice")
-        values[key] = items
-
-    axes = spec.get("axes") or {}
-    if not isinstance(axes, Mapping):
-        raise fail("axes", f"must be a mapping of dotted config keys to lists, got {axes!r}")
-    for key, items in axes.items():
-        add_axis(key, items, "axes")
-        dimensions.append(((str(key),), [(v,) for v in items]))
-
-    groups = spec.get("zip") or []
-    if not isinstance(groups, list):
-        raise fail("zip", f"must be a list of groups, got {groups!r}")
-    paired = []
-    for index, group in enumerate(groups):
-        if not isinstance(group, Mapping) or not group:
-            raise fail(f"zip[{index}]", f"a group is a non-empty mapping of axis keys to lists, got {group!r}")
-        for key, items in group.items():
-            add_axis(key, items, f"zip[{index}]")
-        lengths = {str(k): len(v) for k, v in group.items()}
-        if len(set(lengths.values())) > 1:
-            listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-            raise fail(f"zip[{index}]", f"paired axes need lists of equal length ({listed})")
-        keys = tuple(str(k) for k in group)
-        dimensions.append((keys, list(zip(*group.values()))))
-        paired.append(list(keys))
-    return dimensions, values, paired
-
-
-def _parse_seeds(spec: Mapping[str, Any], base: Mapping[str, Any], fail: Fail) -> list[int]:
-    seeds = spec.get("seeds", [base.get(SEED_KEY, 0)])
-    if not isinstance(seeds, list) or not seeds:
-        raise fail("seeds", f"must be a non-empty list of integers, got {seeds!r}")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise fail("seeds", f"{seed!r} is not an integer")
-    if len(set(seeds)) != len(seeds):
-        twice = next(s for s in seeds if seeds.count(s) > 1)
-        raise fail("seeds", f"lists seed {twice} twice")
-    return list(seeds)
-
-
-def _parse_labels(spec: Mapping[str, Any], axes: list[str], fail: Fail) -> dict[str, str]:
-    labels = spec.get("labels") or {}
-    if not isinstance(labels, Mapping):
-        raise fail("labels", f"must map axis keys to short names, got {labels!r}")
-    for key, label in labels.items():
-        if key not in axes:
-            raise fail("labels", f"'{key}' is not an axis (axes: {', '.join(axes)})")
-        if not isinstance(label, str) or not label or safe_name(label) != label or label.startswith("."):
-            raise fail("labels", f"'{key}': {label!r} is not a non-empty, filesystem-safe name")
-    names = list(labels.values()) + [k for k in axes if k not in labels]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice:
-        raise fail("labels", f"the name '{twice}' is used for two axes")
-    return {str(k): str(v) for k, v in labels.items()}
-
-
-def _parse_assignments(rules: Any, section: str, values: dict[str, list[Any]], fail: Fail,
-                       allow_seed: bool) -> list[dict[str, Any]]:
-    """Exclude rules and the baseline: partial assignments whose keys are axes and values in them."""
-    if not isinstance(rules, list):
-        raise fail(section, f"must be a list of mappings, got {rules!r}")
-    parsed = []
-    for index, rule in enumerate(rules):
-        where = f"{section}[{index}]" if section == "exclude" else section
-        if not isinstance(rule, Mapping) or not rule:
-            raise fail(where, f"must be a non-empty mapping of axis keys to values, got {rule!r}")
-        for key, value in rule.items():
-            if key not in values or (key == SEED_KEY and not allow_seed):
-                axes = [k for k in values if allow_seed or k != SEED_KEY]
-                raise fail(where, f"'{key}' is not an axis of this grid (axes: {', '.join(axes)})")
-            if value_key(value) not in {value_key(v) for v in values[key]}:
-                raise fail(where, f"'{key}': {value!r} is not a value of the axis {values[key]!r}")
-        parsed.append({str(k): v for k, v in rule.items()})
-    return parsed
-
-
-def _matches(factors: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
-    return all(value_key(factors[k]) == value_key(v) for k, v in rule.items())
-
-
-def _describe_assignment(assignment: Mapping[str, Any], labels: Mapping[str, str]) -> str:
-    return ",".join(f"{labels.get(k, k)}={format_value(v)}" for k, v in assignment.items())
 
 
 def _alias(assignment: dict[str, Any], varied: list[str], labels: dict[str, str]) -> str:
@@ -482,7 +254,7 @@ def describe(grid: Grid) -> str:
     lines.append(f"  seeds: {' | '.join(str(s) for s in grid.values.get(SEED_KEY, []))}")
     lines.append(f"  {len(grid.runs)} runs in {len(cells)} cells, {grid.excluded} excluded")
     if grid.baseline:
-        lines.append(f"  baseline: {_describe_assignment(grid.baseline, grid.labels)}")
+        lines.append(f"  baseline: {describe_assignment(grid.baseline, grid.labels)}")
     if grid.cache:
         lines.append("  cache: " + ", ".join(f"{k}={format_value(v)}" for k, v in grid.cache.items()))
     lines.append(f"  {'run_id':<12}  alias")
@@ -490,5 +262,5 @@ def describe(grid: Grid) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["GridError", "InvalidRun", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "load_grid", "expand", "run_id", "describe",
-           "format_value", "safe_name", "value_key"]
+__all__ = ["GridError", "InvalidRun", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "SEED_KEY", "load_grid", "expand", "run_id",
+           "describe", "format_value", "safe_name", "value_key"]

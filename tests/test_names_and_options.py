@@ -253,8 +253,8 @@ def test_runs_held_by_another_process_are_not_a_failure(tmp_path):
 
     from ablations.cli import app
     from ablations.grid import load_grid
-    from ablations.status import (FINAL_FILE, LOCK_FILE, RunStatus, process_start_ticks, this_host,
-                                  write_json_atomic, write_status)
+    from ablations.launch.liveness import process_start_ticks, this_host
+    from ablations.rundir import FINAL_FILE, LOCK_FILE, RunStatus, write_json_atomic, write_status
 
     grid = tmp_path / "held.yaml"
     grid.write_text(yaml.safe_dump({"name": "held", "base_config": str(REPO / "violet_core" / "configs" / "tiny.yaml"),

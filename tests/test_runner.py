@@ -22,14 +22,19 @@ import pytest
 import yaml
 
 from ablations.grid import load_grid
-from ablations.runner import (Decision, LocalPool, Progress, RunOptions, claim_run, classify, gpu_slots,
-                              train_command, visible_gpus)
-from ablations.status import LOCK_FILE, RunStatus, read_status, write_status
+from ablations.launch.local import LocalPool, gpu_slots, visible_gpus
+from ablations.launch.process import classify, train_command
+from ablations.plan import Decision, RunOptions
+from ablations.progress import Progress
+from ablations.rundir import LOCK_FILE, RunStatus, claim_run, read_status, write_status
+from mvm_targets.provenance import CODE_VERSION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "violet_core" / "configs" / "tiny.yaml"
 # One thread per trainer: on a shared 2-core machine torch's default (one per core) is many times slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+# The code version is pinned for every process of these tests: it is the git commit plus a dirty
+# flag, and a commit made while the module runs would otherwise change it between two `ablate run`s.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", CODE_VERSION_ENV: "0.0.0+pinned-by-tests",
        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
 
 BASE = {
@@ -129,7 +134,7 @@ def interrupted(tmp_path_factory):
 
 
 def _timestamp(iso: str) -> float:
-    from ablations.status import parse_time
+    from ablations.rundir import parse_time
 
     return parse_time(iso) or 0.0
 
@@ -218,6 +223,11 @@ def test_changed_grid_file_is_reported_not_rerun(interrupted):
     assert "0 to run, 4 done" in result.stdout and snapshot(interrupted.runs) == before
     dry = ablate(interrupted.work, "run", edited, "--runs-dir", interrupted.runs, "--dry-run", "--rerun-changed")
     assert dry.stdout.count("rerun: grid file changed") == 4
+    # another code version as well (pinned, so a commit during the test cannot be the cause)
+    newer = ablate(interrupted.work, "run", edited, "--runs-dir", interrupted.runs, "--dry-run",
+                   env={**ENV, CODE_VERSION_ENV: "0.0.0+another"})
+    assert "4 done run(s) were made with a different code version and grid file" in newer.stdout
+    assert snapshot(interrupted.runs) == before
 
 
 def test_status_lists_the_runs(interrupted):
@@ -332,7 +342,7 @@ def test_sigterm_stops_runs_cleanly(failing):
     after = read_status(runs / run_id)
     assert after.state == "pending" and "interrupted (SIGTERM)" in after.message
     assert not (runs / run_id / LOCK_FILE).exists()
-    from ablations.status import pid_alive
+    from ablations.launch.liveness import pid_alive
 
     assert not pid_alive(status["pid"])
     assert "interrupted" in log.read_text()
@@ -405,7 +415,7 @@ def _claim_in_subprocess(run_dir: Path, exit_holding: bool = False) -> str:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from ablations.runner import claim_run
+        from ablations.rundir import claim_run
         claim = claim_run(Path({str(run_dir)!r}))
         if isinstance(claim, str):
             print(claim)
@@ -421,18 +431,18 @@ def _claim_in_subprocess(run_dir: Path, exit_holding: bool = False) -> str:
 
 def test_slurm_records_decide_who_owns_a_run(tmp_path, monkeypatch):
     """A run queued in Slurm is not free; the requeued job itself may take over its own lock."""
-    from ablations.status import running_elsewhere
+    from ablations.rundir import running_elsewhere
 
-    monkeypatch.setattr("ablations.status.slurm_job_alive", lambda job: None)  # no squeue here: cannot tell
+    monkeypatch.setattr("ablations.launch.liveness.slurm_job_alive", lambda job: None)  # no squeue here: cannot tell
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(key, raising=False)
     write_status(tmp_path, RunStatus(state="pending", job="123_4"))
     assert running_elsewhere(tmp_path, read_status(tmp_path)) == "queued as Slurm job 123_4"
-    monkeypatch.setattr("ablations.status.slurm_job_alive", lambda job: False)  # Slurm forgot it: free
+    monkeypatch.setattr("ablations.launch.liveness.slurm_job_alive", lambda job: False)  # Slurm forgot it: free
     assert running_elsewhere(tmp_path, read_status(tmp_path)) is None
     # a lock left on another node by job 123_4, seen from the requeued 123_4 and from elsewhere
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "node17", "job": "123_4"}))
-    monkeypatch.setattr("ablations.status.slurm_job_alive", lambda job: True)
+    monkeypatch.setattr("ablations.launch.liveness.slurm_job_alive", lambda job: True)
     assert running_elsewhere(tmp_path, read_status(tmp_path)) == "harness Slurm job 123_4"
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "123")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
@@ -482,7 +492,7 @@ def test_runs_are_packed_onto_disjoint_gpu_slices(monkeypatch, tmp_path):
             out.write(json.dumps(seen) + "\\n")
         open(os.path.join(run_dir, "final.json"), "w").write('{{"metrics": {{"retrieval/R@1": 1.0}}}}')
     """)
-    monkeypatch.setattr("ablations.runner.train_command", lambda run_dir, nproc=0: [sys.executable, "-c", fake,
+    monkeypatch.setattr("ablations.launch.process.train_command", lambda run_dir, nproc=0: [sys.executable, "-c", fake,
                                                                                      str(run_dir)])
     grid = load_grid(write_grid(tmp_path, "pack", {"mask.ratio": [0.1, 0.2, 0.3, 0.4, 0.5]}, [0]))
     options = RunOptions(gpus_per_run=2)
@@ -520,8 +530,8 @@ def test_existing_synthetic_source_built_with_other_arguments_is_refused(tmp_pat
 def test_slurm_job_is_requeued_and_resumes(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from ablations.prepare import prepare_cache
-    from ablations.runner import plan_runs
-    from ablations.slurm import SlurmOptions, submit
+    from ablations.launch.slurm import SlurmOptions, submit
+    from ablations.plan import plan_runs
 
     monkeypatch.chdir(tmp_path)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

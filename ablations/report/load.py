@@ -18,6 +18,8 @@ import pandas as pd
 import yaml
 
 from ablations.grid import SEED_KEY, format_value
+from ablations.metrics import HEADLINE
+from ablations.rundir import find_run_dirs
 
 RUN_FILES = ("run.json", "status.json", "final.json", "failure.json")
 CONFIG_FILE = "config.yaml"
@@ -25,14 +27,14 @@ CONFIG_FILE = "config.yaml"
 INFO_COLUMNS = ("run_id", "alias", "grid", "grid_hash", "state", "failure", "message", "code_version", "software",
                 "seed", "random_teacher", "teachers", "config", "world_size", "frames", "path", "metric", "value",
                 "chance")
-HEADLINE = ("retrieval/R@1", "retrieval/R@5", "retrieval/R@10", "retrieval/AveR", "qa_oe/acc", "qa_mc/acc")
 
 
 def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read run directories into a long frame, one row per (run, metric).
 
     Each path is a run directory (holding run.json, status.json, final.json or failure.json) or a
-    root whose children are run directories; other folders are skipped. The state comes from the
+    root with run directories up to two levels below it (`ablations.rundir.find_run_dirs`, as `ablate
+    status` finds them); other folders are skipped. The state comes from the
     runner's status.json; a run made by `ablate train` alone has none, and reads as done (final.json),
     failed (the trainer's failure.json: class, message) or pending. A run without final.json metrics
     (pending, failed) still gets one row, with metric and value missing, so that its state and
@@ -48,7 +50,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     factor_order: list[str] = []
     baselines: list[dict[str, Any]] = []
     labels: dict[str, str] = {}
-    for run_dir in _run_dirs(paths):
+    for run_dir in find_run_dirs(paths, resolve=True):
         run, status, final, failure = (_read_json(run_dir / name) for name in RUN_FILES)
         factors = {k: v for k, v in (run.get("factors") or {}).items() if k != SEED_KEY}
         factor_order += [k for k in factors if k not in factor_order]
@@ -88,22 +90,6 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     frame.attrs["baselines"] = baselines
     frame.attrs["labels"] = labels
     return frame
-
-
-def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    found: dict[Path, None] = {}
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such run directory or runs root")
-        if _is_run_dir(path):
-            found[path.resolve()] = None
-        elif path.is_dir():
-            found.update((child.resolve(), None) for child in sorted(path.iterdir()) if _is_run_dir(child))
-    return list(found)
-
-
-def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ablations.grid import Grid, RunSpec
-from ablations.status import read_status, write_status
+from ablations.launch.process import execute_run, interrupt_run
+from ablations.rundir import RunStatus, archive_outputs, claim_run, read_status, write_run_files, write_status
 
 try:  # the class must exist at import time (jobs unpickle it by reference), submitit or not
     from submitit.helpers import Checkpointable as _Checkpointable
@@ -61,8 +62,6 @@ class RunJob(_Checkpointable):  # type: ignore[misc, valid-type]
         self._active: Any = None
 
     def __call__(self) -> dict[str, Any]:
-        from ablations.runner import execute_run
-
         os.chdir(self.cwd)  # the config's relative paths (cache, data) are relative to the submit directory
         outcome = execute_run(self.spec, Path(self.run_dir), nproc=self.nproc, preexec=_ignore_job_signal,
                               on_start=self._remember)
@@ -80,8 +79,6 @@ class RunJob(_Checkpointable):  # type: ignore[misc, valid-type]
         would not lose anyway; stopping it here, rather than leaving it to Slurm, guarantees that
         the requeued task never finds the previous attempt still writing to the run directory.
         """
-        from ablations.runner import interrupt_run
-
         active, self._active = self._active, None
         if active is not None:
             interrupt_run(active, "preempted or timed out, requeued")
@@ -138,9 +135,6 @@ def submit(grid: Grid, decisions: Sequence[Any], runs_dir: Path, code: str, opti
 
     Returns the submitit jobs and how many runs were skipped because another process owns them.
     """
-    from ablations.runner import archive_outputs, claim_run, write_run_files
-    from ablations.status import RunStatus
-
     slurm: SlurmOptions = options.slurm or SlurmOptions()
     nproc = options.gpus_per_run
     executor = make_executor(runs_dir / ".submitit", grid, nproc, slurm)
