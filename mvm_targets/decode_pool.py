@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from mvm_targets.errors import VideoError
 from mvm_targets.video.decode import DecodedClip, SamplingConfig, decode_clip
@@ -38,12 +39,25 @@ def decode_one(item: VideoItem, config: SamplingConfig) -> DecodeOutcome:
         return DecodeFailure(type(error).__name__, f"{item.path}: {first_line}")
 
 
-def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
-                    workers: int) -> Iterator[tuple[VideoItem, DecodeOutcome]]:
-    """Yield (item, outcome) in input order; `workers` > 0 decodes ahead in that many processes."""
+def timed_decode(item: VideoItem, config: SamplingConfig) -> tuple[DecodeOutcome, float]:
+    """`decode_one` and the seconds it took where it ran (a worker's busy time, not the caller's wait)."""
+    started = time.perf_counter()
+    outcome = decode_one(item, config)
+    return outcome, time.perf_counter() - started
+
+
+def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig, workers: int,
+                    on_busy: Callable[[float], None] | None = None) -> Iterator[tuple[VideoItem, DecodeOutcome]]:
+    """Yield (item, outcome) in input order; `workers` > 0 decodes ahead in that many processes.
+
+    `on_busy(seconds)` receives each decode's own duration, measured in the process that decoded.
+    """
+    report = on_busy or (lambda seconds: None)
     if workers <= 0:
         for item in items:
-            yield item, decode_one(item, config)
+            outcome, seconds = timed_decode(item, config)
+            report(seconds)
+            yield item, outcome
         return
     pending = collections.deque(items)
     crashes: collections.Counter[str] = collections.Counter()
@@ -56,10 +70,10 @@ def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
         while pending or in_flight:
             while pending and len(in_flight) < 2 * workers:
                 item = pending.popleft()
-                in_flight.append((item, pool.submit(decode_one, item, config)))
+                in_flight.append((item, pool.submit(timed_decode, item, config)))
             item, future = in_flight.popleft()
             try:
-                yield item, future.result()
+                outcome, seconds = future.result()
             except BrokenProcessPool:
                 victims = [item] + [i for i, _ in in_flight]
                 in_flight.clear()
@@ -73,5 +87,8 @@ def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig,
                     else:
                         retry.append(victim)
                 pending.extendleft(reversed(retry))
+                continue
+            report(seconds)
+            yield item, outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -58,6 +58,40 @@ class ExtractSummary:
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)  # error class -> count
     sets: list[str] = field(default_factory=list)
+    stages: dict[str, "StageTime"] = field(default_factory=dict)  # "decode", each target id, "write"
+
+
+@dataclass
+class StageTime:
+    """Where a stage's time went. `busy`: seconds spent doing its work, summed over the processes
+    that did it (decode workers included); `wall`: seconds the extraction loop spent in it or
+    waiting for it. With decode workers, decoding overlaps computing, so decode's wall time is only
+    the time the loop stalled for frames."""
+
+    busy: float = 0.0
+    wall: float = 0.0
+
+
+DECODE_STAGE, WRITE_STAGE = "decode", "write"
+
+
+def bounding_stage(summary: ExtractSummary) -> str | None:
+    """The stage the extraction loop spent the most wall time in (or waiting for): what bounded the run."""
+    timed = {name: stage.wall for name, stage in summary.stages.items() if stage.wall > 0}
+    return max(timed, key=timed.get) if timed else None
+
+
+def format_stages(summary: ExtractSummary, workers: int = 0) -> str:
+    """One line: each stage's wall time (and decode's busy time when workers overlapped it)."""
+    parts = []
+    for name, stage in summary.stages.items():
+        if name == DECODE_STAGE and workers > 0:
+            parts.append(f"{name} {stage.wall:.1f}s waited, {stage.busy:.1f}s busy in {workers} worker(s)")
+        else:
+            parts.append(f"{name} {stage.wall:.1f}s")
+    bound = bounding_stage(summary)
+    return (f"stages ({summary.seconds:.1f}s wall): " + ", ".join(parts)
+            + (f"; bounded by {bound}" if bound else ""))
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -66,8 +100,14 @@ def shard_of(key: str, num_shards: int) -> int:
 
 
 def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: ExtractConfig,
-            on_progress: Callable[[int, int], None] | None = None) -> ExtractSummary:
-    """Decode, compute and commit every (video, target) that is not done yet."""
+            on_progress: Callable[[int, int], None] | None = None,
+            on_estimate: Callable[[str], None] | None = None) -> ExtractSummary:
+    """Decode, compute and commit every (video, target) that is not done yet.
+
+    `on_estimate(line)` receives, once the first batch is computed, the bytes per clip that batch
+    takes in shards and what the clips still to do will take (from that batch alone: a few clips,
+    so a rough figure; `mvmtargets estimate` samples more).
+    """
     started = time.perf_counter()
     clip_cache = ClipCache(Path(config.cache_root) / config.dataset / config.sampling.frames_id)
     mine = [item for item in items if shard_of(item.key, config.num_shards) == config.shard_index]
@@ -78,15 +118,20 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
     ledger = Ledger(clip_cache.ledger_path)
     _reconcile(ledger, sets)
     summary = ExtractSummary(videos=len(mine), sets=list(sets))
+    summary.stages = {DECODE_STAGE: StageTime()} | {t.spec.target_id: StageTime() for t in stored} \
+        | {WRITE_STAGE: StageTime()}
     work = _plan(mine, sets, ledger, config.retry_failed, summary)
     writer = _BufferedWriter(sets, stored, config, ledger, summary)
+    if on_estimate is not None and work:
+        writer.on_first_batch = lambda batch: on_estimate(_first_batch_estimate(writer, batch, len(work)))
     completed = summary.already_done + summary.skipped + summary.failed_earlier
     if on_progress:
         on_progress(completed, len(mine))
     try:
         batch: list[tuple[DecodedClip, set[str]]] = []
         missing_by_key = {item.key: missing for item, missing in work}
-        for item, outcome in _clips_in_order(work, sets[schema.FRAMES_SET], config):
+        decode = summary.stages[DECODE_STAGE]
+        for item, outcome in _timed(_clips_in_order(work, sets[schema.FRAMES_SET], config, decode), decode):
             missing = missing_by_key[item.key]
             if isinstance(outcome, DecodeFailure):
                 writer.record_failure(item.key, missing, outcome.error_class, outcome.message)
@@ -111,14 +156,40 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
     return summary
 
 
-def _clips_in_order(work: list[tuple[VideoItem, set[str]]], frames_set: ShardSet,
-                    config: ExtractConfig) -> Iterator[tuple[VideoItem, DecodedClip | DecodeFailure]]:
+def _timed(stream: Iterator, stage: StageTime) -> Iterator:
+    """Yield from `stream`, adding the time spent waiting for each element to `stage.wall`."""
+    while True:
+        started = time.perf_counter()
+        try:
+            element = next(stream)
+        except StopIteration:
+            stage.wall += time.perf_counter() - started
+            return
+        stage.wall += time.perf_counter() - started
+        yield element
+
+
+def _clips_in_order(work: list[tuple[VideoItem, set[str]]], frames_set: ShardSet, config: ExtractConfig,
+                    stage: StageTime | None = None) -> Iterator[tuple[VideoItem, DecodedClip | DecodeFailure]]:
     """Clips whose frames are cached come from the frames shards, so a target added later is computed
-    from exactly the stored frames (and nothing is decoded twice); the others are decoded."""
+    from exactly the stored frames (and nothing is decoded twice); the others are decoded.
+    Reading and decoding time goes to `stage.busy`."""
+    stage = stage or StageTime()
     cached = [item for item, missing in work if schema.FRAMES_SET not in missing]
     to_decode = [item for item, missing in work if schema.FRAMES_SET in missing]
-    yield from _read_cached_clips(cached, frames_set)
-    yield from decode_in_order(to_decode, config.sampling, config.workers)
+    reads = _read_cached_clips(cached, frames_set)
+    while True:
+        started = time.perf_counter()
+        element = next(reads, None)
+        stage.busy += time.perf_counter() - started
+        if element is None:
+            break
+        yield element
+
+    def add_busy(seconds: float) -> None:
+        stage.busy += seconds
+
+    yield from decode_in_order(to_decode, config.sampling, config.workers, on_busy=add_busy)
 
 
 def _read_cached_clips(items: list[VideoItem], frames_set: ShardSet) -> Iterator[tuple[VideoItem, DecodedClip]]:
@@ -185,7 +256,8 @@ class _BufferedWriter:
         self.sets, self.targets, self.config, self.ledger, self.summary = sets, targets, config, ledger, summary
         self.buffers: dict[str, list[ClipRecord]] = {set_id: [] for set_id in sets}
         self.pending_done: dict[str, set[str]] = {}  # key -> sets still to be committed
-        self.attrs = {set_id: _shard_attrs(config, set_id, targets) for set_id in sets}
+        self.attrs = {set_id: shard_attrs(config, set_id, targets) for set_id in sets}
+        self.on_first_batch: Callable[[dict[str, list[ClipRecord]]], None] | None = None
 
     def record_failure(self, key: str, set_ids: set[str], error_class: str, message: str) -> None:
         status = "skipped" if error_class in SKIP_CLASSES else "failed"
@@ -205,22 +277,29 @@ class _BufferedWriter:
             set_id = target.spec.target_id
             clips = [clip for clip, missing in batch if set_id in missing]
             if clips:
-                for key, result in _compute(target, clips).items():
+                started = time.perf_counter()
+                computed = compute_target(target, clips)
+                stage = self.summary.stages[set_id]
+                stage.busy += time.perf_counter() - started
+                stage.wall = stage.busy  # computed in this loop: nothing overlaps it
+                for key, result in computed.items():
                     if isinstance(result, tuple):
                         failed.setdefault(key, result)
                     else:
                         outputs.setdefault(key, {})[set_id] = result
+        added: dict[str, list[ClipRecord]] = {}
         for clip, missing in batch:
             if clip.key in failed:
                 self.record_failure(clip.key, missing, *failed[clip.key])
                 continue
             for set_id in missing:
-                arrays = {"data": clip.frames} if set_id == schema.FRAMES_SET else outputs[clip.key][set_id]
-                self.buffers[set_id].append(ClipRecord(
-                    key=clip.key, data=arrays["data"], frame_indices=clip.frame_indices, timestamps=clip.timestamps,
-                    source={**clip.source, "key": clip.key},
-                    extras={k: v for k, v in arrays.items() if k != "data"}))
+                record = clip_record(clip, set_id, outputs.get(clip.key, {}))
+                self.buffers[set_id].append(record)
+                added.setdefault(set_id, []).append(record)
             self.pending_done[clip.key] = set(missing)
+        if self.on_first_batch is not None and added:
+            report, self.on_first_batch = self.on_first_batch, None
+            report(added)
         if len(self.buffers[schema.FRAMES_SET]) >= self.config.clips_per_shard or \
                 max(len(b) for b in self.buffers.values()) >= self.config.clips_per_shard:
             self.flush()
@@ -238,8 +317,12 @@ class _BufferedWriter:
                 self.ledger.append(LedgerEntry(r.key, set_id, "done", shard=result.shard.name
                                                if r.key in result.keys else "") for r in records)
 
+            started = time.perf_counter()
             result = self.sets[set_id].commit(records, self.attrs[set_id], self.config.compression,
                                               on_commit=record_done)
+            stage = self.summary.stages.setdefault(WRITE_STAGE, StageTime())
+            stage.busy += time.perf_counter() - started
+            stage.wall = stage.busy
             if result.shard is None:  # every clip was committed by another process meanwhile
                 self.ledger.append(LedgerEntry(r.key, set_id, "done") for r in records)
             self.summary.bytes_written += result.bytes_written
@@ -253,7 +336,7 @@ class _BufferedWriter:
         self.pending_done = {}
 
 
-def _compute(target: Target, clips: list[DecodedClip]) -> dict[str, dict[str, np.ndarray] | tuple[str, str]]:
+def compute_target(target: Target, clips: list[DecodedClip]) -> dict[str, dict[str, np.ndarray] | tuple[str, str]]:
     """Run a target on a batch; if the batch fails, retry clip by clip to isolate the bad one."""
     try:
         outputs = target.compute(np.stack([c.frames for c in clips]))
@@ -264,7 +347,7 @@ def _compute(target: Target, clips: list[DecodedClip]) -> dict[str, dict[str, np
             return {clips[0].key: error}
         merged: dict = {}
         for clip in clips:
-            merged.update(_compute(target, [clip]))
+            merged.update(compute_target(target, [clip]))
         return merged
     results: dict = {}
     for key, arrays in per_clip.items():
@@ -283,7 +366,25 @@ def _first_error(target: Target, clip: DecodedClip) -> tuple[str, str]:
     return "TargetError", f"{clip.key}: {target.spec.target_id} failed only inside a batch"
 
 
-def _shard_attrs(config: ExtractConfig, set_id: str, targets: list[Target]) -> dict:
+def clip_record(clip: DecodedClip, set_id: str, outputs: dict[str, dict[str, np.ndarray]]) -> ClipRecord:
+    """What one clip stores in one set: its frames, or the target's `data` and extras (`outputs[set_id]`)."""
+    arrays = {"data": clip.frames} if set_id == schema.FRAMES_SET else outputs[set_id]
+    return ClipRecord(key=clip.key, data=arrays["data"], frame_indices=clip.frame_indices,
+                      timestamps=clip.timestamps, source={**clip.source, "key": clip.key},
+                      extras={k: v for k, v in arrays.items() if k != "data"})
+
+
+def _first_batch_estimate(writer: "_BufferedWriter", records: dict[str, list[ClipRecord]], clips_to_do: int) -> str:
+    from mvm_targets.estimate import format_estimate, measure_set
+
+    sizes = [measure_set(set_id, records[set_id], writer.attrs[set_id], writer.config.compression)
+             for set_id in writer.sets if records.get(set_id)]
+    sample = max(len(r) for r in records.values())
+    return format_estimate(sizes, clips_to_do, writer.config.clips_per_shard,
+                           f"from the first {sample} clip(s), for the {clips_to_do} to do")
+
+
+def shard_attrs(config: ExtractConfig, set_id: str, targets: list[Target]) -> dict:
     sampling = config.sampling
     attrs = {
         "kind": "frames" if set_id == schema.FRAMES_SET else "target",

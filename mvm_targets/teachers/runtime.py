@@ -18,8 +18,14 @@ import torch
 _TEACHERS: dict[tuple, torch.nn.Module] = {}
 
 
+DEVICE_AUTO = "auto"
+
+
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """`"cuda"` / `"cuda:1"` / `"cpu"`; a one-line error when CUDA is asked for but absent."""
+    """`"cuda"` / `"cuda:1"` / `"cpu"` / `"auto"` (CUDA where present, else the CPU); a one-line
+    error when CUDA is asked for but absent."""
+    if device == DEVICE_AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available on this machine")
