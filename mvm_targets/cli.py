@@ -114,7 +114,8 @@ def extract(
     dataset: DatasetOpt = None,
     frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
     size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
-    device: Annotated[str, typer.Option(help="Device for model-based targets.")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="Device for model-based targets: auto (CUDA where present, else cpu), cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Clips per target computation.")] = 8,
     workers: Annotated[Optional[int], typer.Option(
         help="Decode worker processes (0: inline; default: 0 on CPU, cores - 1 on CUDA so the GPU never waits).")]
@@ -134,9 +135,23 @@ def extract(
     root: Annotated[Optional[Path], typer.Option(
         "--root", "--video-root", help="Folder that relative paths in lists and tables refer to, and that keys are "
         "relative to (default: each list's own folder; an entry outside it is an error).")] = None,
+    launcher: Annotated[str, typer.Option(
+        help="local: run here (torchrun splits by $RANK/$WORLD_SIZE); slurm: submit a job array of --array "
+        "shares through submitit, each resuming from the ledger and requeued on preemption.")] = "local",
+    array: Annotated[Optional[int], typer.Option(help="--launcher slurm: number of array tasks (key-hash shares).")]
+    = None,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="--launcher slurm: partition.")] = None,
+    slurm_time: Annotated[int, typer.Option(help="--launcher slurm: minutes per attempt.")] = 24 * 60,
+    slurm_gpus: Annotated[int, typer.Option(help="--launcher slurm: GPUs per array task.")] = 0,
+    slurm_cpus: Annotated[Optional[int], typer.Option(help="--launcher slurm: CPUs per array task.")] = None,
+    slurm_mem_gb: Annotated[Optional[int], typer.Option(help="--launcher slurm: memory per array task.")] = None,
+    slurm_folder: Annotated[Optional[Path], typer.Option(
+        help="--launcher slurm: submitit's folder of task logs (default: slurm-logs/extract-<dataset>).")] = None,
+    slurm_cluster: Annotated[str, typer.Option(
+        help="--launcher slurm: submitit cluster (local runs the array as processes on this machine).")] = "slurm",
 ) -> None:
     """Decode each video once and cache frames plus every requested target."""
-    from mvm_targets.extract import ExtractConfig, extract as run_extract
+    from mvm_targets.extract import ExtractConfig, extract as run_extract, format_stages
     from mvm_targets.interrupts import raise_if_interrupted
     from mvm_targets.settings import compression_filter, setting_problem
     from mvm_targets.store.layout import ClipCache
@@ -144,6 +159,8 @@ def extract(
     from mvm_targets.video.decode import SamplingConfig
     from mvm_targets.video.inputs import check_default_dataset, default_dataset_name, discover_inputs
 
+    if out.exists() and not out.is_dir():
+        raise MvmTargetsError(f"--cache {out}: is a file, not a folder")
     index = shard_index if shard_index is not None else int(os.environ.get("RANK", 0))
     count = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
     if not 0 <= index < count:
@@ -158,6 +175,18 @@ def extract(
         if problem:
             raise MvmTargetsError(f"--{name.replace('_', '-')} {problem}")
     dataset_name = dataset if dataset is not None else default_dataset_name(inputs)
+    if launcher not in ("local", "slurm"):
+        raise MvmTargetsError(f"--launcher must be local or slurm, got '{launcher}'")
+    if launcher == "slurm":
+        _submit_extract(array, dataset_name, slurm_folder, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+                        slurm_mem_gb, slurm_cluster)
+        return
+    from mvm_targets.teachers.runtime import resolve_device
+
+    try:
+        device = str(resolve_device(device))
+    except (ValueError, RuntimeError) as error:
+        raise MvmTargetsError(f"--device {device}: {error}") from None
     runtime = {"device": device, "weights": weights, "weights_dir": weights_dir, "allow_pickle": allow_pickle}
     targets = _build_targets(target, runtime, option or [])
     if workers is None:
@@ -174,8 +203,9 @@ def extract(
         retry_failed=retry_failed)
     typer.echo(f"dataset '{config.dataset}': {len(items)} videos; targets: "
                f"{', '.join(t.spec.target_id for t in targets)}; cache: {out / config.dataset / config.sampling.frames_id}"
-               + (f"; share {index}/{count}" if count > 1 else ""))
-    summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress))
+               + (f"; share {index}/{count}" if count > 1 else "") + f"; device: {device}")
+    summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress,
+                                                          on_estimate=typer.echo))
     raise_if_interrupted()  # a Ctrl-C swallowed after the last progress report
     failures = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
     earlier = (f", {summary.failed_earlier} failed or skipped in an earlier run (--retry-failed retries them)"
@@ -183,6 +213,90 @@ def extract(
     typer.echo(f"done {summary.done}, already done {summary.already_done}, failed {summary.failed}"
                f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}{earlier}; "
                f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f}s")
+    typer.echo(format_stages(summary, workers))
+
+
+def _submit_extract(array: Optional[int], dataset: str, folder: Optional[Path], partition: Optional[str],
+                    time_min: int, gpus: int, cpus: Optional[int], mem_gb: Optional[int], cluster: str) -> None:
+    """`extract --launcher slurm`: submit this very command line as `array` shares."""
+    import sys
+
+    from mvm_targets.launch_slurm import SlurmExtractOptions, submit_extract_array
+
+    if array is None or array < 1:
+        raise MvmTargetsError("--launcher slurm needs --array N (N >= 1): the number of shares to submit")
+    folder = folder or Path("slurm-logs") / f"extract-{dataset}"
+    options = SlurmExtractOptions(partition=partition, time_min=time_min, gpus_per_task=gpus, cpus_per_task=cpus,
+                                  mem_gb=mem_gb, cluster=cluster)
+    jobs = submit_extract_array(sys.argv[1:], array, folder, options)
+    typer.echo(f"submitted {len(jobs)} share(s) as job array {str(jobs[0].job_id).split('_')[0]}; "
+               f"task logs in {folder}; check the cache with `mvmtargets verify` once they finish")
+
+
+@app.command()
+def estimate(
+    inputs: Annotated[list[Path], typer.Argument(help="Folders, path lists (.txt) or tables (.csv/.tsv).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="Target setting NAME.KEY=VALUE, as for extract; repeatable.")] = None,
+    frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
+    size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
+    compression: Annotated[str, typer.Option(help="HDF5 compression: lzf, gzip or none.")] = "lzf",
+    clips_per_shard: Annotated[int, typer.Option(help="Clips per HDF5 shard file.")] = 64,
+    short_videos: Annotated[str, typer.Option(help="Videos with fewer than T frames: skip or repeat.")] = "skip",
+    sample: Annotated[int, typer.Option(help="Videos decoded and computed to measure (spread over the inputs).")]
+    = 8,
+    device: Annotated[str, typer.Option(help="Device for model-based targets (auto: CUDA where present).")]
+    = "auto",
+    weights: Annotated[str, typer.Option(help="Teacher weights: pretrained (local files) or random.")]
+    = "pretrained",
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Folder of teacher weights (default: $MVM_WEIGHTS).")]
+    = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow unpickling DALL-E's encoder.pkl (runs code from it).")]
+    = False,
+    root: Annotated[Optional[Path], typer.Option(
+        "--root", "--video-root", help="Folder that relative paths in lists and tables refer to.")] = None,
+) -> None:
+    """Print the bytes per clip of frames and each target, and the total for all inputs; writes nothing."""
+    from mvm_targets.estimate import estimate_cache, human_bytes
+    from mvm_targets.extract import ExtractConfig
+    from mvm_targets.settings import compression_filter, setting_problem
+    from mvm_targets.teachers.runtime import resolve_device
+    from mvm_targets.video.decode import SamplingConfig
+    from mvm_targets.video.inputs import discover_inputs
+
+    settings = {"frames": frames, "size": size, "clips_per_shard": clips_per_shard, "compression": compression,
+                "short_videos": short_videos, "weights": weights}
+    for name, value in settings.items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise MvmTargetsError(f"--{name.replace('_', '-')} {problem}")
+    if sample < 1:
+        raise MvmTargetsError(f"--sample must be an integer >= 1, got {sample}")
+    try:
+        device = str(resolve_device(device))
+    except (ValueError, RuntimeError) as error:
+        raise MvmTargetsError(f"--device {device}: {error}") from None
+    runtime = {"device": device, "weights": weights, "weights_dir": weights_dir, "allow_pickle": allow_pickle}
+    targets = _build_targets(target, runtime, option or [])
+    items = discover_inputs(inputs, root)
+    if not items:
+        raise MvmTargetsError(f"no videos found in {', '.join(map(str, inputs))}")
+    config = ExtractConfig(cache_root=Path("."), dataset="estimate",
+                           sampling=SamplingConfig(num_frames=frames, size=size, short_videos=short_videos),
+                           clips_per_shard=clips_per_shard, compression=compression_filter(compression))
+    try:
+        result = estimate_cache(items, targets, config, sample=sample)
+    except ValueError as error:
+        raise MvmTargetsError(str(error)) from None
+    typer.echo(f"measured {result.sampled} of {len(items)} videos (T={frames}, S={size}, compression {compression}, "
+               f"{clips_per_shard} clips per shard)" + (f"; {result.failed} sampled video(s) failed" if result.failed
+                                                        else ""))
+    for size_law in result.sizes:
+        typer.echo(f"  {size_law.set_id:32} {human_bytes(size_law.bytes_per_clip(clips_per_shard)):>10} per clip "
+                   f"{human_bytes(size_law.bytes_for(len(items), clips_per_shard)):>10} for {len(items)} clips")
+    per_clip = sum(s.bytes_per_clip(clips_per_shard) for s in result.sizes)
+    typer.echo(f"total: {human_bytes(per_clip)} per clip, {human_bytes(result.total_bytes())} for {len(items)} clips")
 
 
 @app.command("weights")
@@ -293,6 +407,8 @@ def show(paths: Annotated[list[str], typer.Argument(
     visualize.image_format_for(out)  # refuse an unknown extension before reading anything
     if out.is_dir():
         raise MvmTargetsError(f"--out {out}: is a folder (give a file name such as {out / 'show.png'})")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise MvmTargetsError(f"--out {out}: {out.parent} is a file, not a folder")
     names = list_datasets(cache)
     if dataset is None and len(names) != 1:
         raise MvmTargetsError(f"{cache}: pass --dataset (found: {', '.join(names) or 'none'})")
