@@ -9,10 +9,14 @@ import pytest
 from PIL import Image
 
 from mvm_targets.visualize import (
+    FLOW_SCALE_FLOOR_PX,
     PANEL_GAP,
+    flow_legend,
+    flow_legend_scope,
     flow_to_rgb,
     patch_features_to_rgb,
     render_panel,
+    save_image,
     save_png,
     scalar_map_to_rgb,
     token_ids_to_rgb,
@@ -162,3 +166,91 @@ def test_save_png(tmp_path: Path) -> None:
     image = np.random.default_rng(4).integers(0, 256, (10, 14, 3), dtype=np.uint8)
     path = save_png(image, tmp_path / "nested" / "dir" / "panel.png")
     np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+
+
+def test_near_static_flow_stays_pale() -> None:
+    # 0.05 px of noise: scaled by its own maximum it would be drawn as vivid motion
+    noise = np.random.default_rng(5).normal(0, 0.02, (2, H, W)).astype(np.float32)
+    noise[:, 0, 0] = [0.05, 0.0]
+    image = flow_to_rgb(noise).astype(int)
+    # saturation = |flow| / FLOW_SCALE_FLOOR_PX: 0.05 px takes the red pixel 5 % of the way from white
+    expected_green = 255 - 255 * 0.05 / FLOW_SCALE_FLOOR_PX
+    assert abs(image[0, 0, 1] - expected_green) <= 1 and image[0, 0, 0] == 255
+    assert image.min() >= 255 - 0.2 * 255  # no pixel anywhere near saturated
+
+
+def test_user_flow_scale_and_legend(tmp_path: Path) -> None:
+    flow = uniform_flow(2.0, 0.0)
+    with flow_legend_scope(8.0) as scope:
+        quarter = flow_to_rgb(flow)[0, 0].astype(int)
+        assert scope["used"] == [8.0]
+        assert abs(quarter[1] - round(255 * (1 - 2.0 / 8.0))) <= 1  # 2 px of 8: a quarter saturated
+        path = save_image(np.zeros((10, 12, 3), np.uint8), tmp_path / "panel.png")
+    saved = np.asarray(Image.open(path))
+    assert saved.shape[0] > 10 and saved.shape[1] >= 12  # the legend strip sits under the picture
+    # the strip is the legend drawn at the scale used
+    np.testing.assert_array_equal(saved[10:, :flow_legend(8.0, 48).shape[1]], flow_legend(8.0, 48))
+    with pytest.raises(ValueError, match="--flow-scale"):
+        with flow_legend_scope(0.0):
+            pass
+    # outside a scope nothing is added
+    assert np.asarray(Image.open(save_image(np.zeros((10, 12, 3), np.uint8), tmp_path / "plain.png"))).shape == (10, 12, 3)
+
+
+def test_legend_wheel_colours() -> None:
+    legend = flow_legend(4.0, 48).astype(int)
+    side, centre = 48, PANEL_GAP + 24
+    # the rim's rightmost point is full red (rightward motion at the full scale), the centre white
+    r, g, b = legend[centre, PANEL_GAP + side - 2]
+    assert r > 230 and g < 40 and b < 40, (r, g, b)
+    assert (legend[centre, centre] > 220).all()
+    assert (legend[:, PANEL_GAP + side + PANEL_GAP:] < 128).any()  # the scale is written beside it
+
+
+def test_save_image_follows_the_extension(tmp_path: Path) -> None:
+    image = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert Image.open(save_image(image, tmp_path / "x.jpg")).format == "JPEG"
+    assert Image.open(save_image(image, tmp_path / "x.JPEG")).format == "JPEG"
+    assert Image.open(save_image(image, tmp_path / "x.png")).format == "PNG"
+    with pytest.raises(ValueError, match="extension"):
+        save_image(image, tmp_path / "x.xyz")
+    assert not (tmp_path / "x.xyz").exists()
+
+
+def test_show_picks_the_frame_configuration(tmp_path: Path) -> None:
+    """A dataset cached at two frame counts: `show CACHE KEY --frames-id` draws the chosen one, as JPEG."""
+    import os
+    import subprocess
+    import sys
+
+    from mvm_targets.extract import ExtractConfig, extract
+    from mvm_targets.targets.registry import build_target
+    from mvm_targets.video.decode import SamplingConfig
+    from mvm_targets.video.inputs import discover_inputs
+    from tests.conftest import write_video
+
+    write_video(tmp_path / "videos" / "a.mp4", num_frames=8, width=64, height=64)
+    ids = {}
+    for frames in (2, 3):
+        sampling = SamplingConfig(num_frames=frames, size=32)
+        extract(discover_inputs([tmp_path / "videos"]), [build_target("pixel")],
+                ExtractConfig(cache_root=tmp_path / "cache", dataset="videos", sampling=sampling))
+        ids[frames] = sampling.frames_id
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def show(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from mvm_targets.cli import main; main()", "show", *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    ambiguous = show("cache", "a", "-t", "frames")
+    assert ambiguous.returncode == 2 and "several frame configurations" in ambiguous.stderr, ambiguous.stderr
+    widths = {}
+    for frames, frames_id in ids.items():
+        result = show("cache", "a", "-t", "frames", "--frames-id", frames_id, "--out", f"f{frames}.jpg")
+        assert result.returncode == 0, result.stderr
+        picture = Image.open(tmp_path / f"f{frames}.jpg")
+        assert picture.format == "JPEG"
+        widths[frames] = picture.size[0]
+    pitch = 32 + PANEL_GAP  # one more frame is one more cell
+    assert widths[3] - widths[2] == pitch
