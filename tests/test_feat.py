@@ -151,7 +151,8 @@ def test_clip_folder_gives_its_vision_tower_at_another_input_size(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(5)
-    config = CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(text_config=text,
                         vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
                                            num_attention_heads=2, image_size=32, patch_size=8), projection_dim=8)
     model = CLIPModel(config).eval()
