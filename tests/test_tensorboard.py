@@ -101,3 +101,18 @@ def test_non_finite_values_are_left_out(tmp_path: Path) -> None:
     tracker.log({"phase": "pretrain", "step": 1, "loss": 1.5, "loss_mvm": math.nan, "note": "text"})
     tracker.close()
     assert read_scalars(tmp_path / "pretrain") == {"train/loss": [(1, 1.5)]}
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from violet_core.tracking import ProgressTracker, open_trackers
+
+    quiet = open_trackers(tmp_path, {"pretrain": 10})  # pytest's stderr is not a terminal
+    assert not any(isinstance(t, ProgressTracker) for t in quiet.trackers)
+    quiet.close()
+    shown = open_trackers(tmp_path, {"pretrain": 10}, progress=True)
+    for step in (5, 10):
+        # 8 clips per step at 0.02 s per step: 400 clips/s; at step 5, 5 steps left: 0.1 s
+        shown.log({"phase": "pretrain", "step": step, "loss": 2.0 / step, "samples": 8 * step, "step_s": 0.02})
+    shown.close()
+    err = capsys.readouterr().err
+    assert "pretrain" in err and "10/10" in err and "loss 0.2" in err and "400.0 clips/s" in err, err
