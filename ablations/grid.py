@@ -262,5 +262,5 @@ def describe(grid: Grid) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["GridError", "InvalidRun", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "SEED_KEY", "load_grid", "expand", "run_id",
-           "describe", "format_value", "safe_name", "value_key"]
+__all__ = ["GridError", "InvalidRun", "RunSpec", "Grid", "IDENTITY_EXCLUDED", "SEED_KEY", "load_grid", "expand",
+           "run_id", "describe", "format_value", "safe_name", "value_key"]

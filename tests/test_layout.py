@@ -49,7 +49,8 @@ def imported_modules(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
     return {m for m in found if m in MODULES and m != name}
@@ -99,9 +100,15 @@ def test_one_override_parser():
         parse_overrides(["ratio"])
     with pytest.raises(ConfigError, match=r"^--baseline 'x=\[1': the value is not valid YAML"):
         parse_overrides(["x=[1"], "--baseline")
-    import violet_core.train
-
-    assert violet_core.train.parse_overrides is parse_overrides
+    # the trainer and the harness import it rather than define their own (read from source: cheap)
+    trainer = ast.parse((REPO / "violet_core" / "train.py").read_text())
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "violet_core.config"
+               and "parse_overrides" in {a.name for a in n.names} for n in ast.walk(trainer))
+    sources = [("violet_core.train", REPO / "violet_core" / "train.py"), *MODULES.items()]
+    defined = [(name, n.name) for name, path in sources
+               for n in ast.walk(ast.parse(Path(path).read_text()))
+               if isinstance(n, ast.FunctionDef) and n.name in ("parse_overrides", "parse_sets")]
+    assert not defined, defined
 
 
 def test_code_version_is_pinned_by_the_environment_and_shared_by_the_store():
@@ -277,3 +284,18 @@ def test_watch_stops_on_ctrl_c_with_exit_130(tmp_path, trainer):
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: committed work is kept; rerun the same command to continue"
     assert "Traceback" not in stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watch_redraws_in_place_on_a_terminal_and_checks_its_interval(tmp_path):
+    ok = make_run(tmp_path, "ok", "seed=0")
+    finish(ok, "done")
+    screen = Terminal()
+    assert watch(tmp_path, interval_s=0.05, out=screen) == 0
+    assert screen.getvalue().startswith("\x1b[H\x1b[2J") and "-- " not in screen.getvalue()
+    with pytest.raises(ValueError, match=r"^--interval must be a positive number of seconds, got 0"):
+        watch(tmp_path, interval_s=0)
