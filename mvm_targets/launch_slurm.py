@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,8 +61,11 @@ class ExtractShare(_Checkpointable):  # type: ignore[misc, valid-type]
     def __call__(self, index: int) -> dict[str, Any]:
         self.attempts += 1  # pickled with the requeued call, so the next attempt counts on
         os.chdir(self.cwd)  # relative inputs and cache folders are relative to the submit directory
-        self._child = subprocess.Popen(self.command(index), preexec_fn=_ignore_job_signal)
-        returncode = self._child.wait()
+        child = self._child = subprocess.Popen(self.command(index), preexec_fn=_ignore_job_signal)
+        # poll, not wait(): wait() holds the Popen's lock while blocked, and `checkpoint`, which runs
+        # in a signal handler on this same thread, must be able to reap the child meanwhile
+        while (returncode := child.poll()) is None:
+            time.sleep(0.2)
         self._child = None
         if returncode != 0:
             raise RuntimeError(f"share {index}/{self.num_shares}: extract exited with status {returncode} "
@@ -72,13 +76,11 @@ class ExtractShare(_Checkpointable):  # type: ignore[misc, valid-type]
         """Preempted or timing out: stop the child the way Ctrl-C does (it commits the clips it has
         computed), then requeue the same call; the requeued task skips what is committed."""
         child, self._child = self._child, None
-        if child is not None and child.poll() is None:
+        if child is not None and child.returncode is None:
             child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
+            if not _reaped(child.pid, STOP_GRACE_S):
                 child.kill()  # what it had not committed is computed again after the requeue
-                child.wait()
+                _reaped(child.pid, None)
         return super().checkpoint(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -89,9 +91,27 @@ class ExtractShare(_Checkpointable):  # type: ignore[misc, valid-type]
         self._child = None
 
 
+def _reaped(pid: int, timeout: float | None) -> bool:
+    """Wait for child `pid` to exit (reaping it with os.waitpid: the interrupted Popen call may hold
+    the Popen's own lock); True once it has exited, False if `timeout` seconds pass first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True  # reaped already
+        if done:
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def _ignore_job_signal() -> None:
-    """In the child: the warning signal (USR2) is for the task, which interrupts the child itself."""
+    """In the child: the warning signal (USR2) is for the task, which interrupts the child itself with
+    SIGINT; that one must reach the child even where the task's launcher ignores it (children inherit it)."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def submit_extract_array(argv: Sequence[str], num_shares: int, folder: Path,
