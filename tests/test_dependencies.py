@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
 PACKAGES = ("mvm_targets", "violet_core", "ablations")
 # Variants that cannot be built without a setting of their own (an open-ended model choice).
-REQUIRED_OPTIONS = {"sif:timm": {"model": "resnet18"}}
+REQUIRED_OPTIONS = {"sif:timm": {"model": "resnet18"}, "feat:timm": {"model": "test_vit.r160_in1k"},
+                    "feat:hf": {"model": str(Path(__file__).parent / "data" / "tiny_dinov2_config")}}
 
 
 def _all_modules() -> list[str]:
