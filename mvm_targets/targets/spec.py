@@ -187,7 +187,7 @@ class TargetSpec:
     a shard set.
     """
 
-    name: str  # registry name, one of the paper's eight (pixel, hog, depth, flow, vq, sif, tvf, mmf)
+    name: str  # registry name (the paper's eight, or any name a module registers)
     variant: str  # e.g. "paper" / "maskfeat" for hog, "dis" / "raft" for flow
     version: int  # bump whenever the computed values change
     grid: Grid
