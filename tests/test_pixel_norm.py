@@ -78,6 +78,16 @@ def test_grid_aligned_crop_keeps_values():
     np.testing.assert_array_equal(crop.reshape(2, -1), whole[:, 1, 0])
 
 
+def test_picture_puts_each_patch_back_in_place():
+    clip = hand_built_clip()
+    target = build_target("pixelnorm")
+    pictures = target.spec.picture(target.compute(clip)["data"][0], S)
+    assert len(pictures) == 2 and pictures[0].shape == (S, S, 3) and pictures[0].dtype == np.uint8
+    assert np.all(pictures[0][32:, :32] == 127)  # the constant patch normalises to 0: mid grey
+    red = pictures[0][32:, 32:, 0].astype(int)  # the red checkerboard, +-1 -> 191 / 63, as the frame's parity
+    np.testing.assert_array_equal(red > 127, clip[0, 0, 32:, 32:, 0] > 0)
+
+
 def test_frame_size_must_be_a_multiple_of_the_patch():
     with pytest.raises(ValueError, match="multiple of 32"):
         build_target("pixelnorm").compute(np.zeros((1, 1, 48, 48, 3), np.uint8))

@@ -85,6 +85,7 @@ class DepthAnythingTarget:
             model_id=REPOS[variant] if self.weights_path else f"{RANDOM}:depth-anything-{variant}",
             description="Depth Anything V2 relative inverse depth (un-normalised), (T, S, S) float16",
             augmentation=depthany_augmentation(variant, params),
+            paper_scaling=None,  # the paper had no such teacher: the plain masked mean in every mode
         )
 
     def model(self) -> Any:

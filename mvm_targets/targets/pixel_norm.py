@@ -50,6 +50,15 @@ def mirror_patches(data: np.ndarray, extras: dict[str, np.ndarray]) -> tuple[np.
     return np.ascontiguousarray(grid).reshape(data.shape), extras
 
 
+def picture(data: np.ndarray, size: int) -> list[np.ndarray]:
+    """One clip's (T, (S/32)^2, 3072) target -> a (S, S, 3) uint8 picture per frame: the patches put back
+    in place, each channel's normalised value in [-2, 2] shown from black to full intensity."""
+    side = size // PATCH_PX
+    grid = data.astype(np.float32).reshape(-1, side, side, PATCH_PX, PATCH_PX, 3).transpose(0, 1, 3, 2, 4, 5)
+    images = np.clip((grid.reshape(-1, size, size, 3) + 2) * (255 / 4), 0, 255).astype(np.uint8)
+    return list(images)
+
+
 @register_augmentation("pixelnorm")
 def pixelnorm_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
     """Exact under flips and grid-aligned crops: each patch is normalised by its own statistics only."""
@@ -68,7 +77,8 @@ class PixelNormTarget:
             name="pixelnorm", variant=variant, version=1, grid=Grid.PATCH, dtype="float16", loss="l2",
             clip_shape=PatchClipShape(DIM), params=params,
             description="VideoMAE's per-patch normalised pixels, (T, (S/32)^2, 3072) float16",
-            augmentation=pixelnorm_augmentation(variant, params),
+            augmentation=pixelnorm_augmentation(variant, params), picture=picture,
+            paper_scaling=None,  # not one of the paper's targets: the plain masked mean in every mode
         )
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
