@@ -59,24 +59,32 @@ def done_keys(cache: Path, set_prefix: str) -> set[str]:
             if set_id.startswith(set_prefix) and entry.status == "done"}
 
 
-def test_slurm_array_shares_resume_after_preemption_without_loss_or_duplicates(tmp_path, monkeypatch):
-    pytest.importorskip("submitit")
-    from mvm_targets.launch_slurm import SlurmExtractOptions, submit_extract_array
+def results(folder: Path) -> list:
+    """The outcome of every finished array task in submitit's folder."""
+    from submitit.core.utils import pickle_load
 
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        monkeypatch.setenv(key, "1")
+    return [pickle_load(path) for path in sorted(folder.glob("*_result.pkl"))]
+
+
+def test_slurm_array_shares_resume_after_preemption_without_loss_or_duplicates(tmp_path):
+    pytest.importorskip("submitit")
     folder = tmp_path / "videos"
     for i in range(16):
         write_video(folder / f"v{i:02d}.mp4", num_frames=8, width=64, height=64)
     keys = [item.key for item in discover_inputs([folder])]
     share0 = {k for k in keys if shard_of(k, 2) == 0}
     assert 2 <= len(share0) <= 14
-    cache = tmp_path / "cache"
-    argv = ["extract", str(folder), "-t", "hog", "--cache", str(cache), "--dataset", "toy", "--frames", "4",
-            "--size", "64", "--clips-per-shard", "1", "--batch-size", "1", "--device", "cpu"]
-    jobs = submit_extract_array(argv, 2, tmp_path / "submitit", SlurmExtractOptions(cluster="local", time_min=10),
-                                cwd=tmp_path)
-    assert len(jobs) == 2
+    cache, logs = tmp_path / "cache", tmp_path / "submitit"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    output = tmp_path / "submit.log"  # a file, not a pipe: the local tasks inherit it and outlive the submitter
+    with output.open("w") as sink:
+        submitted = subprocess.run(
+            [sys.executable, "-m", "mvm_targets.cli", "extract", str(folder), "-t", "hog", "--cache", str(cache),
+             "--dataset", "toy", "--frames", "4", "--size", "64", "--clips-per-shard", "1", "--batch-size", "1",
+             "--launcher", "slurm", "--array", "2", "--slurm-cluster", "local", "--slurm-time", "10",
+             "--slurm-folder", str(logs)], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, timeout=60, env=env)
+    assert submitted.returncode == 0, output.read_text()
+    assert "submitted 2 share(s)" in output.read_text()
 
     # preempt share 0 once it has committed some of its clips but not all
     wait_for(lambda: done_keys(cache, schema.FRAMES_SET) & share0, 90, "share 0 to commit a clip")
@@ -85,7 +93,8 @@ def test_slurm_array_shares_resume_after_preemption_without_loss_or_duplicates(t
     assert task is not None and committed_at_preemption < len(share0), "the preemption should land mid-share"
     os.kill(task, signal.SIGUSR2)
 
-    outcomes = sorted((job.result() for job in jobs), key=lambda outcome: outcome["share"])
+    wait_for(lambda: len(results(logs)) == 2, 120, "both array tasks to finish")
+    outcomes = sorted((result for state, result in results(logs)), key=lambda outcome: outcome["share"])
     assert outcomes == [{"share": 0, "attempts": 2}, {"share": 1, "attempts": 1}]
     report = verify_cache(cache)
     assert report.ok, report.problems
