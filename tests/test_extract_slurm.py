@@ -69,11 +69,11 @@ def results(folder: Path) -> list:
 def test_slurm_array_shares_resume_after_preemption_without_loss_or_duplicates(tmp_path):
     pytest.importorskip("submitit")
     folder = tmp_path / "videos"
-    for i in range(16):
+    for i in range(12):
         write_video(folder / f"v{i:02d}.mp4", num_frames=8, width=64, height=64)
     keys = [item.key for item in discover_inputs([folder])]
     share0 = {k for k in keys if shard_of(k, 2) == 0}
-    assert 2 <= len(share0) <= 14
+    assert 2 <= len(share0) <= 10
     cache, logs = tmp_path / "cache", tmp_path / "submitit"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     output = tmp_path / "submit.log"  # a file, not a pipe: the local tasks inherit it and outlive the submitter
