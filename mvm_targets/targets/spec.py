@@ -361,9 +361,15 @@ class StoredSpec:
 
 
 def _declared_spec(name: str, variant: str, grid: str) -> "TargetSpec | None":
+    from mvm_targets.errors import MvmTargetsError
     from mvm_targets.targets.registry import declared_spec
 
-    return declared_spec(name, variant, grid)
+    try:
+        return declared_spec(name, variant, grid)
+    except (MvmTargetsError, ImportError):
+        # the target modules cannot all be imported here (a missing optional dependency): a record
+        # without declarations then keeps the defaults, as for a target no module here registers
+        return None
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
