@@ -1,4 +1,4 @@
-"""Video and text masking (spec §5): ratios, cuboid structure, attention preference, determinism."""
+"""Video and text masking (docs/method.md §3, §5): ratios, cuboid structure, attention preference, determinism."""
 
 from __future__ import annotations
 

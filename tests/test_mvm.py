@@ -1,4 +1,4 @@
-"""MVM heads and losses (spec §3-4): layouts, masked-only supervision, loss scaling, one head per target."""
+"""MVM heads and losses (docs/method.md §4, §5): layouts, masked-only supervision, loss scaling, one head per target."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class MaskConfig:
 @dataclass(frozen=True)
 class MvmConfig:
     targets: tuple[str, ...] = ()  # cache refs, e.g. ["sif"], ["hog", "flow:dis"]; empty = no MVM
-    normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (spec §4)
+    normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (docs/method.md §5)
     weight: float = 1.0
     # official pair rule: drop a flow pair whose largest absolute component max(|u|, |v|) over its pixels
     # reaches this many px (not the Euclidean |(u, v)|); null keeps all pairs

@@ -1,4 +1,4 @@
-"""AdamW with the paper's settings and the warm-up-then-linear-decay schedule (spec §2)."""
+"""AdamW with the paper's settings and the warm-up-then-linear-decay schedule (docs/method.md §2)."""
 
 from __future__ import annotations
 

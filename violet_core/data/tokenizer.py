@@ -1,7 +1,7 @@
 """Text tokenisation for VIOLET: bert-base-uncased when a local copy is given, otherwise a small
 lowercase WordPiece trained on the captions, so the synthetic set runs with nothing downloaded.
 
-VIOLETv2 feeds `size_txt` = 32 tokens, "[CLS] ... [SEP]" padded (spec §1). Both kinds of tokenizer
+VIOLETv2 feeds `size_txt` = 32 tokens, "[CLS] ... [SEP]" padded (docs/method.md §1). Both kinds of tokenizer
 produce exactly that layout through `TextTokenizer.encode`, and both are saved into the run
 directory (`save`) so that resume and finetuning reload the very same vocabulary (`load_tokenizer`).
 """

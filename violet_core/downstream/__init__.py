@@ -1,4 +1,4 @@
-"""Downstream tasks (VIOLETv2 §7): normalised task records, loaders for the synthetic layout and for
+"""Downstream tasks (docs/method.md §9): normalised task records, loaders for the synthetic layout and for
 common public-benchmark files, and the retrieval / QA metrics.
 
 - `records`: `RetrievalSet`, `McItem`, `OeItem`, the synthetic-layout loaders and the text templates.
