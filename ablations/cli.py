@@ -38,6 +38,9 @@ def train(config: Path = typer.Argument(..., help="run config YAML (e.g. violet_
           overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE, value parsed as YAML; repeatable")) -> None:
     """Pretrain, finetune and evaluate one run; rerunning the same command resumes it."""
     from mvm_targets.errors import is_known, report_error
+    from violet_core.config import load_config, parse_overrides as parse_sets
+
+    load_config(config, parse_sets(overrides))  # a bad config or --set fails in a blink, before torch loads
     from violet_core.loop import NonFiniteLossError
     from violet_core.train import existing_run_dir, parse_overrides, summary_line, train as train_run
 
