@@ -178,6 +178,12 @@ def extract(
     if launcher not in ("local", "slurm"):
         raise MvmTargetsError(f"--launcher must be local or slurm, got '{launcher}'")
     if launcher == "slurm":
+        from mvm_targets.targets.registry import parse_target_ref
+
+        for ref in target:  # a bad name or input fails here once, not in every array task
+            if ref != "all":
+                parse_target_ref(ref)
+        discover_inputs(inputs, root)
         _submit_extract(array, dataset_name, slurm_folder, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
                         slurm_mem_gb, slurm_cluster)
         return
