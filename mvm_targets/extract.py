@@ -375,13 +375,24 @@ def clip_record(clip: DecodedClip, set_id: str, outputs: dict[str, dict[str, np.
 
 
 def _first_batch_estimate(writer: "_BufferedWriter", records: dict[str, list[ClipRecord]], clips_to_do: int) -> str:
-    from mvm_targets.estimate import format_estimate, measure_set
+    """The estimate line from the first computed batch, with a warning when the disk looks too small."""
+    import shutil
+
+    from mvm_targets.estimate import format_estimate, human_bytes, measure_set
 
     sizes = [measure_set(set_id, records[set_id], writer.attrs[set_id], writer.config.compression)
              for set_id in writer.sets if records.get(set_id)]
     sample = max(len(r) for r in records.values())
-    return format_estimate(sizes, clips_to_do, writer.config.clips_per_shard,
+    line = format_estimate(sizes, clips_to_do, writer.config.clips_per_shard,
                            f"from the first {sample} clip(s), for the {clips_to_do} to do")
+    needed = sum(size.bytes_for(clips_to_do, writer.config.clips_per_shard) for size in sizes)
+    folder = Path(writer.config.cache_root)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        line += f"; warning: only {human_bytes(free)} free on {writer.config.cache_root}"
+    return line
 
 
 def shard_attrs(config: ExtractConfig, set_id: str, targets: list[Target]) -> dict:

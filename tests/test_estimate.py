@@ -94,3 +94,21 @@ def test_estimate_refuses_bad_options_in_one_line(synthetic):
     done = cli("estimate", str(synthetic), "-t", "hog", "--size", "50")
     assert done.returncode != 0 and "--size must be a positive multiple of" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_start_estimate_warns_when_the_disk_is_too_small(synthetic, tmp_path, monkeypatch):
+    import shutil
+    import types
+
+    from mvm_targets.extract import ExtractConfig, extract
+    from mvm_targets.targets import build_target
+    from mvm_targets.video.decode import SamplingConfig
+    from mvm_targets.video.inputs import discover_inputs
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    lines: list[str] = []
+    config = ExtractConfig(cache_root=tmp_path / "cache", dataset="toy", sampling=SamplingConfig(num_frames=4, size=64),
+                           batch_size=2, clips_per_shard=4)
+    extract(discover_inputs([synthetic])[:4], [build_target("hog")], config, on_estimate=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("estimate (from the first 2 clip(s), for the 4 to do)")
+    assert lines[0].endswith(f"; warning: only 1.00 KB free on {tmp_path / 'cache'}")
