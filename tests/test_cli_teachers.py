@@ -45,7 +45,7 @@ def test_all_skips_teachers_without_weights_and_says_why(small_videos, tmp_path)
         assert f"skipping {name}" in done.stderr
     assert "download it from" in done.stderr
     ids = {s.set_id.split("-")[0] for s in open_clip_cache(tmp_path / "cache", "videos").target_sets()}
-    assert ids == {"hog", "flow"}
+    assert {"hog", "flow"} <= ids and not ids & {"depth", "vq", "sif", "tvf", "mmf"}  # teachers skipped
 
 
 def test_weights_lists_every_teacher_with_source_and_presence(tmp_path):
