@@ -1,4 +1,4 @@
-"""`depth`: relative inverse depth from a frozen DPT (spec §4.3), with transformers' DPT.
+"""`depth`: relative inverse depth from a frozen DPT (docs/method.md §4.3), with transformers' DPT.
 
 VIOLETv2 regresses MiDaS v3.0 DPT-Large (`dpt_large-midas-2f21e586.pt`, ViT-L/16 at 384^2) on
 every frame, un-normalised (no per-image scale/shift), densely at the frame resolution with L1.
@@ -9,7 +9,7 @@ Variants:
 - `dpt-large` (default): DPT-Large fed as it was trained: the frame resized (bicubic, antialiased)
   to `input_size`^2 (384 by default; frames are square) and normalised with mean = std = 0.5.
 - `dpt-hybrid`: the same recipe with DPT-Hybrid (its position embeddings are fixed at 384^2).
-- `paper`: DPT-Large fed as the official code did (spec §8.8): the S x S frame itself, ImageNet-
+- `paper`: DPT-Large fed as the official code did (docs/method.md §4.3): the S x S frame itself, ImageNet-
   normalised, no resize (the ViT position embeddings are interpolated). A known deviation from
   what DPT expects, kept so that the paper's target can be reproduced.
 

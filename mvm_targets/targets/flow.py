@@ -1,4 +1,4 @@
-"""`flow`: optical flow between consecutive frames (spec §4.4).
+"""`flow`: optical flow between consecutive frames (docs/method.md §4.4).
 
 VIOLETv2 regresses RAFT-Large flow on the pairs (t, t+1) of each clip, in pixels at the frame
 resolution, and drops a whole pair when its flow reaches 50 px anywhere. This module keeps the

@@ -1,7 +1,7 @@
-"""The RAFT backend of `flow` (spec §4.4): torchvision's RAFT, the paper's flow teacher.
+"""The RAFT backend of `flow` (docs/method.md §4.4): torchvision's RAFT, the paper's flow teacher.
 
 VIOLETv2 runs torchvision `raft_large` with the `C_T_SKHT_V2` weights and 12 flow updates, and
-keeps the last estimate. Unlike the official code, which fed ImageNet-normalised frames (spec §8.8),
+keeps the last estimate. Unlike the official code, which fed ImageNet-normalised frames (docs/method.md §4.4),
 this backend gives RAFT what it was trained on: RGB scaled to [-1, 1], as torchvision's
 `OpticalFlow` transform does. The weights are read from the local weights folder (never downloaded).
 

@@ -1,4 +1,4 @@
-"""`hog`: histograms of oriented gradients (spec §4.2), in two variants.
+"""`hog`: histograms of oriented gradients (docs/method.md §4.2), in two variants.
 
 - `paper`: what the official VIOLETv2 code regresses, the *visualisation* image of
   `skimage.feature.hog(x, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),

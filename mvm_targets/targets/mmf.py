@@ -1,8 +1,8 @@
-"""`mmf`: multimodal features from CLIP's image tower, one vector per 32-px patch (spec §4.8).
+"""`mmf`: multimodal features from CLIP's image tower, one vector per 32-px patch (docs/method.md §4.8).
 
 The official code never implemented MMF; the author describes it as "CLIP (ViT-B/32) grid
-features", patch 32, so a 224^2 frame gives the 7 x 7 grid the student predicts (pytorch_violet
-issue #12). The layer is not stated. This target takes transformers' `CLIPVisionModel`
+features", patch 32, so a 224^2 frame gives the 7 x 7 grid the student predicts (in a reply on
+the VIOLET repository's tracker). The layer is not stated. This target takes transformers' `CLIPVisionModel`
 `last_hidden_state` without the class token: the last encoder layer's patch tokens, BEFORE
 `post_layernorm` (transformers applies that norm to the pooled class token only) and without the
 512-d visual projection, i.e. 7 x 7 x 768 for ViT-B/32. `post_layernorm=True` applies the final

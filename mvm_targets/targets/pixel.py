@@ -1,4 +1,4 @@
-"""`pixel`: the cached frames themselves (spec §4.1).
+"""`pixel`: the cached frames themselves (docs/method.md §4.1).
 
 The trainer regresses ImageNet-normalised RGB; normalisation happens there, so the store keeps
 the uint8 frames once and this target is never written a second time (`stored=False`): its

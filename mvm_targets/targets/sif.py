@@ -1,4 +1,4 @@
-"""`sif`: spatial image features of a frozen image model, one vector per 32-px patch (spec §4.6, §6.5).
+"""`sif`: spatial image features of a frozen image model, one vector per 32-px patch (docs/method.md §4.6).
 
 The paper's winning target regresses, per frame, the last-stage features of Swin-B IN-22K: 7 x 7 x
 1024 at 224^2. The official code read them from transformers' `SwinModel(...).hidden_states[-1]`,
@@ -51,7 +51,7 @@ from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, MissingWeightsErro
 
 VARIANTS = ("swin-b-in22k", "timm")
 DEFAULT_MODEL = "swin_base_patch4_window7_224.ms_in22k"
-# The extractors of the paper's comparison (spec §6.5), in its table order. ResNet-50 at 76.1%
+# The extractors of the paper's comparison (docs/method.md §4.6), in its table order. ResNet-50 at 76.1%
 # top-1 is torchvision's v1 recipe (`tv_in1k`); the table's DeiT at 83.4% is the distilled DeiT-B,
 # although "DeiT-B" usually names the plain one (81.8%), so both are listed.
 PAPER_EXTRACTORS = (

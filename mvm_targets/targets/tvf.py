@@ -1,4 +1,4 @@
-"""`tvf`: temporal-aware video features, the code's `3d_feature` (spec §4.7).
+"""`tvf`: temporal-aware video features, the code's `3d_feature` (docs/method.md §4.7).
 
 VIOLETv2 regresses the features of a frozen Video Swin-B (Kinetics-600, ImageNet-22K
 pretraining: the same weights as the student's initial backbone) run on the whole unmasked clip

@@ -1,4 +1,4 @@
-"""`vq`: DALL-E dVAE token ids (spec §4.5), the discrete target of BEiT-style MVM.
+"""`vq`: DALL-E dVAE token ids (docs/method.md §4.5), the discrete target of BEiT-style MVM.
 
 The teacher is OpenAI's dVAE encoder (`dall_e.Encoder`, 8192 codes, one token per 8 x 8 pixels).
 Each frame in [0, 1] RGB goes through `map_pixels` (x * 0.8 + 0.1), the encoder gives logits

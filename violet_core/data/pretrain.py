@@ -1,7 +1,7 @@
 """The pretraining Dataset: cached clips, augmented together with their MVM targets, plus a caption.
 
 One item, for T frames of S x S pixels and L text tokens (layout of targets: violet_core.target_info):
-    video      (T, 3, S, S) float32, ImageNet mean/std normalised (VIOLETv2 §1)
+    video      (T, 3, S, S) float32, ImageNet mean/std normalised (docs/method.md §1)
     text_ids   (L,) int64 "[CLS] ... [SEP] [PAD]...", text_mask (L,) int64
     targets    ref -> tensor in the training layout (a target whose spec says `normalize_as_input`, such
                as the frames themselves, normalised exactly as `video`)
