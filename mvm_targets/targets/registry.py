@@ -122,8 +122,11 @@ def list_variants(name: str) -> tuple[str, ...]:
 
 
 def is_default_variant(name: str, variant: str) -> bool:
-    """Whether a bare `name` means `variant` (the first variant registered)."""
-    return _DEFAULT_VARIANTS[canonical_name(name)] == variant
+    """Whether a bare `name` means `variant` (the first variant registered). A target that no module
+    registers (one built in code and handed to `extract`) has only the variant it was written with."""
+    _load_builtin_targets()
+    resolved = ALIASES.get(name, name)
+    return resolved not in _DEFAULT_VARIANTS or _DEFAULT_VARIANTS[resolved] == variant
 
 
 @functools.lru_cache(maxsize=None)
