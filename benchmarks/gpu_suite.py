@@ -363,7 +363,8 @@ class Suite:
 
     def matmul(self) -> None:
         n = self.args.matmul_n
-        dtype = torch.bfloat16 if self.device.type == "cuda" or not self.args.smoke else torch.float32
+        # bf16 is the training precision on a GPU; a CPU trains in fp32 (violet_core.loop.autocast)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.results["matmul"] = rate = matmul_rate(n, self.device, dtype, iterations=self.args.matmul_iterations)
         print(f"matmul {n}^3 {rate['dtype']}: {rate['tflops']:.1f} TFLOP/s (best {rate['tflops_best']:.1f})"
               + (f", {rate['tflops'] / self.peak:.1%} of the {self.peak:.0f} TFLOP/s data-sheet peak" if self.peak else ""),
@@ -515,7 +516,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--granule", type=int, help="batch search resolution (default 4; smoke 1)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (default 10; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; smoke 0)")
-    parser.add_argument("--matmul-n", type=int, help="matmul size (default 8192; smoke 128)")
+    parser.add_argument("--matmul-n", type=int, help="matmul size (default 8192 on a GPU, 1024 on a CPU; smoke 128)")
     parser.add_argument("--matmul-iterations", type=int, default=20)
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="the trainer's setting: auto is bf16 autocast on CUDA, fp32 on CPU")
@@ -536,10 +537,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = dict(shape="smoke", device="cpu", batch=2, max_batch=4, granule=1, steps=2, warmup=0, matmul_n=128,
                     compile_backend="eager", budget_s=120.0, threads=1) if args.smoke else \
         dict(shape="base", device="cuda" if torch.cuda.is_available() else "cpu", batch=8, max_batch=512, granule=4,
-             steps=10, warmup=3, matmul_n=8192, compile_backend=None, budget_s=270.0, threads=None)
+             steps=10, warmup=3, matmul_n=None, compile_backend=None, budget_s=270.0, threads=None)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.matmul_n is None:
+        args.matmul_n = 8192 if args.device.startswith("cuda") else 1024
     if args.size is not None and (args.size <= 0 or args.size % 32):
         parser.error(f"--size {args.size}: must be a positive multiple of 32 (the model's patch grid)")
     for key in ("batch", "max_batch", "granule", "steps", "matmul_n"):
