@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,17 @@ def test_cli_errors_are_one_line(tmp_path):
                                      "(cells: target=hog; target=none)")
     files = report_main([runs], tmp_path / "out", bootstrap=200)  # what `--bootstrap 200` calls
     assert (tmp_path / "out" / "iqm.csv") in files
+
+
+def test_a_metric_only_the_target_cell_logs_is_not_an_unpaired_baseline(tmp_path):
+    # an MVM cell logs its own loss (pretrain/mvm_hog); the no-MVM baseline cannot have it, and that
+    # is not a missing baseline: only seeds missing from one of two cells that share a metric are.
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        make_run(root, f"none{seed}", [], seed, 10 + seed)
+        run = make_run(root, f"hog{seed}", ["hog"], seed, 12 + seed)
+        final = json.loads((run / "final.json").read_text())
+        final["metrics"]["pretrain/mvm_hog"] = 0.5
+        (run / "final.json").write_text(json.dumps(final))
+    report = write_report(load_runs([root]), tmp_path / "out", {"mvm.targets": []}, rows=["mvm.targets"])
+    assert [f for f in report.flags if f.kind == "unpaired"] == []

@@ -105,6 +105,7 @@ def unpaired_flags(summary: pd.DataFrame, rows: Sequence[str], baseline: Mapping
         return []
     base = {k: render_factor(v) for k, v in baseline.items()}
     present = {(tuple(cell_value(r[c]) for c in rows), r["metric"]) for r in summary.to_dict("records")}
+    cells_present = {cell for cell, _ in present}
     messages: dict[str, None] = {}
     for record in summary.to_dict("records"):
         if record["is_baseline"]:
@@ -113,6 +114,8 @@ def unpaired_flags(summary: pd.DataFrame, rows: Sequence[str], baseline: Mapping
         reference = {r: base.get(r, v) for r, v in cell.items()}
         name, ref_name = cell_name(cell, labels), cell_name(reference, labels)
         if (tuple(reference.values()), record["metric"]) not in present:
+            if tuple(reference.values()) in cells_present:
+                continue  # a metric only this cell has (its own MVM loss): nothing to pair, nothing missing
             messages[f"cell {name}: no done run in its baseline cell {ref_name}, so no Δ"] = None
             continue
         parts = [f"{units} only in {where}" for units, where in ((record["only_in_cell"], name),
