@@ -320,6 +320,8 @@ def test_demo_grid_content(tmp_path):
                 + [f"target={t},seed={s}" for t in ("hog", "flow-dis") for s in (0, 1)])
     assert [r.alias for r in grid.runs] == expected
     assert grid.runs[-1].factors["mvm.targets"] == ["flow:dis"] and grid.excluded == 8
+    # the baseline is masked like the MVM runs: the deltas are the MVM loss's alone
+    assert raw["base"] == {"mask.video_without_mvm": True}
 
 
 def test_demo_grid_loads_with_its_base_config():
