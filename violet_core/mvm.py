@@ -17,20 +17,25 @@ step is 0.06 near 10), and a bf16 loss or logit would quantise the comparisons r
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from violet_core.masking import upsample_mask
-from mvm_targets.targets.spec import TOKEN_PX  # one DALL-E token per 8 x 8 pixels
+from mvm_targets.targets.spec import REGRESSION_LOSSES, TOKEN_PX  # one DALL-E token per 8 x 8 pixels
 from violet_core.target_info import DEFAULT_VOCAB, PATCH_PX, TargetInfo
 
 logger = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("mean", "paper")
 MAX_MAGNITUDE = "max_magnitude"  # extra a motion target stores per pair, (B, T-1): marks it for the pair rule
+# `mvm_<key>/<i>`: the i-th declared loss term of a target (`loss_terms`), logged next to its total
+# `mvm_<key>`, which already sums it: the training loss adds every named loss except these parts.
+PART = "/"
 
 # Paper mode scales each target's loss as the released `calc_mvm_loss` did. The numbers are declared
 # by each target's module (`TargetSpec.paper_scaling`, stamped into its shards): reduction "mean"
@@ -42,6 +47,17 @@ MAX_MAGNITUDE = "max_magnitude"  # extra a motion target stores per pair, (B, T-
 def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
     """Autocast off on `device`: inside, ops run in the dtype of their inputs (callers pass fp32)."""
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def term_name(total: str, index: int) -> str:
+    """The logged name of term `index` of the loss `total`: `mvm_hog` -> `mvm_hog/0`."""
+    return f"{total}{PART}{index}"
+
+
+def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss: the sum of the named losses, each once. A term (`term_name`) is part of
+    another entry that already counts it, and is logged only (docs/method.md §2)."""
+    return sum(value for name, value in losses.items() if PART not in name)
 
 
 def fp32_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, **options) -> torch.Tensor:
@@ -133,8 +149,11 @@ def build_head(info: TargetInfo, hidden: int, patch: int = PATCH_PX) -> nn.Modul
     """The head a target needs, from its grid, width and pair-ness."""
     if info.frames_needed not in (1, 2):
         raise ValueError(f"target {info.ref!r}: frames_needed={info.frames_needed} is not supported (1 or 2)")
-    if info.loss not in ("l1", "l2", "ce"):
-        raise ValueError(f"target {info.ref!r}: unknown loss {info.loss!r} (l1, l2 or ce)")
+    if info.loss not in (*REGRESSION_LOSSES, "ce"):
+        raise ValueError(f"target {info.ref!r}: unknown loss {info.loss!r} ({', '.join(REGRESSION_LOSSES)} or ce)")
+    if (info.loss == "cosine" or info.loss_terms is not None) and info.grid != "patch":
+        raise ValueError(f"target {info.ref!r}: loss={info.loss} with loss_terms={info.loss_terms} needs the patch "
+                         f"grid, got grid={info.grid!r}")
     if info.grid == "dense" and not _is_classification(info):
         return DenseHead(hidden, info.channels, pair=info.is_pair, patch=patch)
     if info.is_pair:
@@ -164,15 +183,21 @@ def paper_scaling_note(infos: list[TargetInfo]) -> str:
 
 def _masked_regression(pred: torch.Tensor, target: torch.Tensor, where: torch.Tensor, kind: str,
                        reduction: str, factor: float, channel_dim: int) -> torch.Tensor:
-    """Masked L1/L2. `where` is bool, shaped like pred but with size 1 on `channel_dim`.
+    """Masked L1/L2/cosine. `where` is bool, shaped like pred but with size 1 on `channel_dim`.
 
     "mean": average over masked elements (positions x channels); "sum": summed over channels,
-    averaged over masked positions. Nothing masked gives an exact 0 still attached to the graph.
+    averaged over masked positions. Cosine gives one value per position, 1 - cos(pred, target) over
+    `channel_dim`, so both reductions average it over masked positions. Nothing masked gives an exact
+    0 still attached to the graph.
     """
     with full_precision(pred.device):
         # both sides in fp32: the target is widened (float16 cache) and never narrowed to the prediction's dtype
-        diff = pred.float() - target.to(device=pred.device, dtype=torch.float32)
-        err = diff.abs() if kind == "l1" else diff.square()
+        wide = target.to(device=pred.device, dtype=torch.float32)
+        if kind == "cosine":
+            err = 1 - F.cosine_similarity(pred.float(), wide, dim=channel_dim, eps=1e-8).unsqueeze(channel_dim)
+        else:
+            diff = pred.float() - wide
+            err = diff.abs() if kind == "l1" else diff.square()
         # torch.where, not a product: a non-finite value at an unmasked position cannot leak in
         total = torch.where(where, err, torch.zeros((), dtype=err.dtype, device=err.device)).sum()
         positions = where.sum()
@@ -182,10 +207,30 @@ def _masked_regression(pred: torch.Tensor, target: torch.Tensor, where: torch.Te
 
 def target_loss(info: TargetInfo, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 normalization: str = "mean", keep_pairs: torch.Tensor | None = None) -> torch.Tensor:
-    """Scalar loss of one target at the masked positions.
+    """Scalar loss of one target at the masked positions: the sum of its terms (`target_terms`)."""
+    return _summed(target_terms(info, prediction, target, mask, normalization, keep_pairs))
+
+
+def _summed(terms: list[torch.Tensor]) -> torch.Tensor:
+    return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+
+
+def feature_slices(info: TargetInfo) -> list[slice]:
+    """The feature-axis slices scored as separate terms: one per declared width, else the whole axis."""
+    if info.loss_terms is None:
+        return [slice(None)]
+    ends = itertools.accumulate(info.loss_terms)
+    return [slice(end - width, end) for end, width in zip(ends, info.loss_terms)]
+
+
+def target_terms(info: TargetInfo, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 normalization: str = "mean", keep_pairs: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """One scalar per loss term of one target at the masked positions (docs/method.md §2).
 
     prediction: the target's head output; target: its training layout; mask: (B, T, h, w) bool.
     keep_pairs: (B, T-1) bool for pair targets; False drops the whole pair (e.g. max(|u|, |v|) >= 50 px).
+    A patch regression target that declares `loss_terms` gets one term per feature slice, each
+    reduced and scaled as a whole target would be; every other target has a single term.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown MVM loss normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
@@ -203,19 +248,20 @@ def target_loss(info: TargetInfo, prediction: torch.Tensor, target: torch.Tensor
             coarse = coarse & keep_pairs.to(coarse.device).bool()[:, :, None, None]
         patch = prediction.shape[-1] // mask.shape[-1]
         pixels = upsample_mask(coarse, patch)[:, :, None]  # (B, T', 1, S, S)
-        return _masked_regression(prediction, target, pixels, info.loss, reduction, factor, channel_dim=2)
+        return [_masked_regression(prediction, target, pixels, info.loss, reduction, factor, channel_dim=2)]
     if info.grid == "patch" and not _is_classification(info):
         _check_shape(info, target, prediction.shape)
-        return _masked_regression(prediction, target, mask.flatten(2)[..., None], info.loss, reduction, factor,
-                                  channel_dim=-1)
+        where = mask.flatten(2)[..., None]
+        return [_masked_regression(prediction[..., part], target[..., part], where, info.loss, reduction, factor,
+                                   channel_dim=-1) for part in feature_slices(info)]
     if info.grid == "patch":  # v1 VQ: one token per patch
         if target.dim() == 4:
             target = target.flatten(2)
         _check_shape(info, target, prediction.shape[:-1])
-        return _masked_ce(prediction, target, mask.flatten(2)) * factor
+        return [_masked_ce(prediction, target, mask.flatten(2)) * factor]
     _check_shape(info, target, prediction.shape[:-1])
     cells = prediction.shape[2] // mask.shape[2]
-    return _masked_ce(prediction, target, upsample_mask(mask, cells)) * factor
+    return [_masked_ce(prediction, target, upsample_mask(mask, cells)) * factor]
 
 
 def _check_shape(info: TargetInfo, target: torch.Tensor, expected: torch.Size | tuple[int, ...]) -> None:
@@ -262,14 +308,22 @@ class MvmObjective(nn.Module):
 
     def losses(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mask: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """{info.key: prediction}, {info.ref: target}, mask (B, T, h, w) -> {f"mvm_{key}": scalar}."""
+        """{info.key: prediction}, {info.ref: target}, mask (B, T, h, w) -> {f"mvm_{key}": scalar}.
+
+        A target with several loss terms also gets `mvm_{key}/{i}` per term, detached: its `mvm_{key}`
+        is their sum and carries the gradient, and `total_loss` leaves the parts out, so each term
+        counts once in the training loss."""
         extras = extras or {}
         out = {}
         for info in self.infos:
             if info.ref not in targets:
                 raise ValueError(f"MVM target {info.ref!r} is missing from the batch (have {sorted(targets)})")
-            out[f"mvm_{info.key}"] = target_loss(info, predictions[info.key], targets[info.ref], mask,
-                                                 self.normalization, self.kept_pairs(info, targets[info.ref], extras))
+            terms = target_terms(info, predictions[info.key], targets[info.ref], mask, self.normalization,
+                                 self.kept_pairs(info, targets[info.ref], extras))
+            name = f"mvm_{info.key}"
+            out[name] = _summed(terms)
+            if len(terms) > 1:
+                out.update({term_name(name, i): term.detach() for i, term in enumerate(terms)})
         return out
 
     def forward(self, features: torch.Tensor, targets: dict[str, torch.Tensor], mask: torch.Tensor,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from violet_core.masking import MaskSampler, apply_video_mask
 from violet_core.model import Violet
-from violet_core.mvm import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, vtm_loss
+from violet_core.mvm import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, total_loss, vtm_loss
 
 
 class PretrainObjective(nn.Module):
@@ -66,7 +66,7 @@ class PretrainObjective(nn.Module):
         if self.model.mvm is not None:
             mvm = self.model.mvm(Violet.video_features(fused, grid), batch["targets"], video_mask, batch.get("extras"))
             losses.update({name: value * self.mvm_weight for name, value in mvm.items()})
-        losses["loss"] = sum(losses.values())
+        losses["loss"] = total_loss(losses)  # per-term parts of a target loss are logged, not added again
         losses["mask_ratio"] = video_mask.float().mean().detach()
         return losses
 

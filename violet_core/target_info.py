@@ -62,7 +62,8 @@ class TargetInfo:
     variant = property(lambda self: self.spec.variant)
     target_id = property(lambda self: self.spec.target_id)
     grid = property(lambda self: self.spec.grid.value)  # "dense" | "patch" | "token"
-    loss = property(lambda self: self.spec.loss)  # "l1" | "l2" | "ce"
+    loss = property(lambda self: self.spec.loss)  # "l1" | "l2" | "cosine" | "ce"
+    loss_terms = property(lambda self: self.spec.loss_terms)  # feature widths scored apart, or None (one term)
     clip_shape = property(lambda self: self.spec.clip_shape)  # stored per-clip shape at the cached (T, S)
     frames_needed = property(lambda self: self.spec.frames_needed)
     params = property(lambda self: self.spec.params)

@@ -40,7 +40,9 @@ class Grid(str, enum.Enum):
     TOKEN = "token"  # one id per 8-px cell (28 x 28 at S=224)
 
 
-LossKind = Literal["l1", "l2", "ce"]
+LossKind = Literal["l1", "l2", "ce", "cosine"]
+LOSS_KINDS: tuple[str, ...] = ("l1", "l2", "ce", "cosine")
+REGRESSION_LOSSES = ("l1", "l2", "cosine")  # the kinds a float target is regressed with (docs/method.md §2)
 
 
 class FlipRule(str, enum.Enum):
@@ -171,6 +173,40 @@ class PaperScaling:
         return {"reduction": self.reduction, "factor": float(self.factor), "note": self.note}
 
 
+def parse_loss_terms(value: Any, name: str) -> tuple[int, ...] | None:
+    """A `loss_terms` declaration (None, or widths as a tuple or a stored JSON list) -> a tuple of positive ints."""
+    if value is None:
+        return None
+    widths = tuple(value) if isinstance(value, (tuple, list)) else None
+    if not widths or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ValueError(f"target '{name}': loss_terms must be a non-empty list of positive widths, got {value!r}")
+    return tuple(int(w) for w in widths)
+
+
+def check_loss(name: str, grid: Grid, dtype: str, loss: str, loss_terms: tuple[int, ...] | None) -> None:
+    """Refuse a loss kind the trainer has no meaning for on this grid and dtype (one line naming the target).
+
+    Cosine compares whole vectors, so it needs a feature vector per position (PATCH) of floats; loss
+    terms slice that vector, so they need a PATCH regression target too."""
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"target '{name}': loss must be one of {', '.join(LOSS_KINDS)}, got {loss!r}")
+    is_float = np.dtype(dtype).kind == "f"
+    if loss == "cosine" and (Grid(grid) is not Grid.PATCH or not is_float):
+        raise ValueError(f"target '{name}': the cosine loss needs a float patch-grid target, "
+                         f"got grid={Grid(grid).value} dtype={dtype}")
+    if loss_terms is not None and (Grid(grid) is not Grid.PATCH or loss not in REGRESSION_LOSSES or not is_float):
+        raise ValueError(f"target '{name}': loss_terms need a float patch-grid target regressed with "
+                         f"{', '.join(REGRESSION_LOSSES)}, got grid={Grid(grid).value} dtype={dtype} loss={loss}")
+
+
+def check_term_widths(name: str, loss_terms: tuple[int, ...], clip_shape: tuple[int, ...] | list[int]) -> None:
+    """The declared term widths must tile the feature axis D (the last axis of the clip shape) exactly."""
+    width = int(clip_shape[-1])
+    if sum(loss_terms) != width:
+        raise ValueError(f"target '{name}': loss_terms {list(loss_terms)} sum to {sum(loss_terms)}, "
+                         f"not the feature width {width}")
+
+
 # One clip's canonical frames (T, S, S, 3) uint8 -> the target's data, shaped `clip_shape(T, S)`.
 DeriveFromFrames = Callable[[np.ndarray], np.ndarray]
 # One clip's data as stored (`clip_shape(T, S)`) and the frame side S -> one (S, S, 3) uint8 picture per
@@ -214,9 +250,14 @@ class TargetSpec:
     # True: the trainer normalises the values as it normalises the video input (ImageNet mean and std
     # per channel of (T, 3, S, S) values in 0..255), e.g. a target that is the frames themselves
     normalize_as_input: bool = field(default=False, compare=False)
+    # PATCH regression only: widths of consecutive slices of the feature axis, each scored as its own
+    # loss term (e.g. one per teacher layer), summing to D; None = the whole vector is one term
+    loss_terms: tuple[int, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", Grid(self.grid))
+        object.__setattr__(self, "loss_terms", parse_loss_terms(self.loss_terms, self.name))
+        check_loss(self.name, self.grid, self.dtype, self.loss, self.loss_terms)
         scope = self.clip_scope
         if scope is None:
             scope = ClipScope.PAIR if self.frames_needed == 2 else ClipScope.FRAME
@@ -241,7 +282,7 @@ class TargetSpec:
         `default_variant` says whether a bare name (`hog`) means this variant; None asks the registry.
         """
         skipped = ("clip_shape", "augmentation", "clip_scope", "paper_scaling", "derive", "picture",
-                   "normalize_as_input")
+                   "normalize_as_input", "loss_terms")
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
         record.update(self.augmentation.record())
         record["grid"] = self.grid.value
@@ -256,6 +297,9 @@ class TargetSpec:
         record["default_variant"] = default_variant
         if self.normalize_as_input:  # written only when set, so other records keep their exact form
             record["normalize_as_input"] = True
+        if self.loss_terms is not None:  # likewise
+            check_term_widths(self.name, self.loss_terms, record["clip_shape"])
+            record["loss_terms"] = list(self.loss_terms)
         return record
 
     def stored_spec(self, num_frames: int, size: int) -> "StoredSpec":
@@ -273,7 +317,8 @@ class StoredSpec:
 
     Built from the stored record alone, so reading a cache imports no target module. Records written
     before a declaration existed lack it: `clip_scope` and `paper_scaling` are then taken from the
-    target's registered module when there is one (else FRAME/PAIR from `frames_needed`, and none).
+    target's registered module when there is one (else FRAME/PAIR from `frames_needed`, and none);
+    a record without `loss_terms` scores its whole feature vector as one loss term.
     """
 
     name: str
@@ -293,6 +338,7 @@ class StoredSpec:
     paper_scaling: PaperScaling | None = None
     default_variant: bool | None = None  # None: written before records said it
     normalize_as_input: bool = False  # the trainer normalises the values as it normalises its input frames
+    loss_terms: tuple[int, ...] | None = None  # widths of the feature slices scored apart; None: one term
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # stored=False only: the module's function from one clip's frames to its data (never in a record)
     derive: DeriveFromFrames | None = field(default=None, compare=False, repr=False)
@@ -322,6 +368,11 @@ class StoredSpec:
         else:
             scaling = declared.paper_scaling if declared is not None else None
         default = record.get("default_variant")
+        terms = parse_loss_terms(record.get("loss_terms"), str(record["name"]))  # absent in older records: one term
+        if terms is not None:
+            check_loss(str(record["name"]), Grid(record["grid"]), str(record["dtype"]), str(record.get("loss", "")),
+                       terms)
+            check_term_widths(str(record["name"]), terms, record["clip_shape"])
         return cls(name=str(record["name"]), variant=str(record["variant"]), target_id=str(record["target_id"]),
                    grid=Grid(record["grid"]), dtype=str(record["dtype"]), loss=str(record.get("loss", "")),
                    clip_shape=tuple(int(n) for n in record["clip_shape"]), frames_needed=frames_needed,
@@ -329,7 +380,8 @@ class StoredSpec:
                    params=dict(record.get("params") or {}), model_id=record.get("model_id"),
                    description=str(record.get("description", "")), paper_scaling=scaling,
                    default_variant=None if default is None else bool(default),
-                   normalize_as_input=bool(record.get("normalize_as_input", False)), record=dict(record))
+                   normalize_as_input=bool(record.get("normalize_as_input", False)), loss_terms=terms,
+                   record=dict(record))
 
     @property
     def ref(self) -> str:
