@@ -38,22 +38,65 @@ def train(config: Path = typer.Argument(..., help="run config YAML (e.g. violet_
           overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE, value parsed as YAML; repeatable")) -> None:
     """Pretrain, finetune and evaluate one run; rerunning the same command resumes it."""
     from mvm_targets.errors import is_known, report_error
+    from mvm_targets.store.layout import open_clip_cache
     from violet_core.config import load_config, parse_overrides as parse_sets
 
-    load_config(config, parse_sets(overrides))  # a bad config or --set fails in a blink, before torch loads
+    resolved = load_config(config, parse_sets(overrides))  # a bad config or --set fails in a blink, before torch loads
+    # a missing cache is named here, before the trainer creates the run folder
+    open_clip_cache(Path(resolved.data.cache), resolved.data.dataset, resolved.data.frames_id)
     from violet_core.loop import NonFiniteLossError
     from violet_core.train import existing_run_dir, parse_overrides, summary_line, train as train_run
 
+    # only rank 0 writes the run folder (violet_core.run_dir), so only rank 0 may take back what it made
+    made = _missing_folders(run_dir or Path(resolved.out_dir) / resolved.name) if _is_rank_zero() else []
     try:
         record = train_run(config, run_dir, parse_overrides(overrides))
     except NonFiniteLossError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
     except Exception as error:  # noqa: BLE001 - unexpected: one line, the traceback in <run dir>/error.log
+        _remove_if_untrained(made)
         if is_known(error):
             raise  # one line from main()
         raise typer.Exit(report_error(error, "ablate train", existing_run_dir(config, run_dir, overrides)))
     typer.echo(summary_line(record))
+
+
+# What the trainer writes once training has begun; a run folder holding any of them is kept.
+_TRAINING_OUTPUTS = ("metrics.jsonl", "final.json", "failure.json", "downstream.json", "checkpoints/last.pt",
+                     "checkpoints/pretrained.pt")
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """`run_dir` and those of its parents that do not exist yet, deepest first: what training will create."""
+    missing = []
+    for folder in (Path(run_dir), *Path(run_dir).parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_untrained(made: list[Path]) -> None:
+    """Take back the folders this command created (`made`, from `_missing_folders`) when it failed
+    before training began: the run folder then holds only what set-up wrote (the resolved config,
+    the tokenizer, an empty checkpoints folder). A folder that existed before is never in `made`."""
+    import shutil
+
+    if not made or not made[0].is_dir() or any((made[0] / name).exists() for name in _TRAINING_OUTPUTS):
+        return
+    shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()  # only while empty: anything another process put there stays
+        except OSError:
+            return
 
 
 

@@ -118,6 +118,37 @@ def test_bad_input_is_one_line(work: Path, case: str) -> None:
     assert {name: after.get(name) for name in before} == before, "a file that was there changed or went"
 
 
+def folders(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()} if root.exists() else set()
+
+
+@pytest.mark.parametrize("runs_root", ["runs", "fresh_runs/nested"])
+def test_train_with_a_missing_cache_leaves_no_run_folder(work: Path, runs_root: str) -> None:
+    """Under an existing runs root (beside an earlier run) or one that does not exist yet."""
+    before = folders(work)
+    result = run(work, "ablate", "train", str(TINY), "--set", f"out_dir={runs_root}", "--set", "data.cache=no_cache")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and str(Path("no_cache") / "demo") in lines[0], lines[0]
+    assert folders(work) == before
+
+
+def test_train_failing_in_its_set_up_takes_back_only_the_folders_it_made(work: Path) -> None:
+    """A cache whose frames folder holds nothing passes the cache check, then the trainer's set-up
+    fails after it wrote the run folder: that folder (and its new parents) go, an earlier one stays."""
+    hollow = work / "hollow_cache" / "demo" / "frames-t4-s64-0"
+    hollow.mkdir(parents=True, exist_ok=True)
+    earlier = snapshot(work / "runs" / "earlier")
+    for run_dir in ("new_runs/deeper/tiny", "runs/earlier"):
+        before = folders(work)
+        result = run(work, "ablate", "train", str(TINY), "--run-dir", run_dir, "--set", "data.cache=hollow_cache")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert folders(work) == before, run_dir
+    after = snapshot(work / "runs" / "earlier")
+    assert {name: after.get(name) for name in earlier} == earlier  # the earlier run's files are all there
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions: a read-only folder stays writable")
 def test_read_only_cache_folder(work: Path) -> None:
     folder = work / "read_only"
