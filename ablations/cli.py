@@ -117,7 +117,8 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
         overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML), or cache.KEY=VALUE "
                                                              "over its cache section; repeatable"),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="per-run limit in seconds (local launcher)"),
-        slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
+        slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition",
+                                                      help="partition to submit to (default: the cluster's)"),
         slurm_time: int = typer.Option(24 * 60, "--slurm-time", help="minutes per attempt; time-outs are requeued"),
         slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", help="CPUs per run"),
         slurm_mem_gb: Optional[int] = typer.Option(None, "--slurm-mem-gb", help="memory per run"),
