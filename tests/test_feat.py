@@ -104,8 +104,11 @@ def test_timm_random_weights_loss_and_normalisation(timm_dir):
                          precision="fp32").compute(frames(1))["data"].astype(np.float64)
     np.testing.assert_allclose(layer.mean(-1), 0, atol=2e-3)
     np.testing.assert_allclose(layer.std(-1), 1, atol=5e-3)
-    with pytest.raises(ValueError, match="no cosine loss"):
-        build_target("feat:timm", model=DINO, weights="random", input_size=INPUT, loss="cosine")
+    cosine = build_target("feat:timm", model=DINO, weights="random", input_size=INPUT, loss="cosine", layers="-1,-2")
+    assert cosine.spec.loss == "cosine" and cosine.spec.loss_terms == (64, 64)  # one term per layer of width 64
+    assert random.spec.loss_terms == (64,)
+    with pytest.raises(ValueError, match="l1.l2.cosine; got random, none, huber"):
+        build_target("feat:timm", model=DINO, weights="random", input_size=INPUT, loss="huber")
     with pytest.raises(MvmTargetsError, match="needs the file .*elsewhere.*model.safetensors"):
         build_target("feat:timm", model=DINO, weights_dir=root / "elsewhere", input_size=INPUT)
     with pytest.raises(MvmTargetsError, match="not a local Hugging Face model folder"):

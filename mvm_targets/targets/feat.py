@@ -4,6 +4,7 @@
 safetensors` as for `sif`. `feat:hf`: `model=<folder>`, `AutoModel.from_pretrained(folder, local_files_only=True)`
 (a CLIP/SigLIP folder's vision tower). `layers` ("-1,-4,-7"): block outputs (no final norm), prefix tokens dropped,
 each resampled from its grid (16 x 16 for /14 at 224) to the (S/32)^2 grid, concatenated: (T, (S/32)^2, L*D) fp16.
+`loss_terms` = the layer widths: each layer is its own loss term, `loss` l2, l1 or cosine (docs/method.md §2).
 """
 
 from __future__ import annotations
@@ -108,13 +109,12 @@ def build_feat(variant: str, model: str | None = None, layers: int | str | tuple
                loss: str = "l2", input_size: int | None = None, device: str = "cpu", weights: str = PRETRAINED,
                weights_dir: Path | None = None, batch_size: int = 32,
                precision: str = "auto") -> patch_grid.PatchFeatureTarget:
-    """`model=...`; `normalize`: none, layernorm (no affine), l2; `loss`: l2 or l1. Under the trainer's "mean" loss,
-    one over L * D channels is the mean of the L per-layer losses: one equally weighted term per layer."""
+    """`model=...`; `normalize`: none, layernorm (no affine), l2; `loss`: l2, l1 or cosine, each layer one term."""
     if not model:
         raise TargetUnavailableError(f"feat:{variant} needs model=... (-o feat.model=<timm name or folder>)")
-    if weights not in (PRETRAINED, RANDOM) or normalize not in NORMALIZE or loss not in ("l1", "l2"):
-        raise ValueError(f"feat: weights, normalize and loss must be pretrained|random, {'|'.join(NORMALIZE)}, l1|l2 "
-                         f"(no cosine loss in the trainer); got {weights}, {normalize}, {loss}")
+    if weights not in (PRETRAINED, RANDOM) or normalize not in NORMALIZE or loss not in ("l1", "l2", "cosine"):
+        raise ValueError(f"feat: weights, normalize and loss must be pretrained|random, {'|'.join(NORMALIZE)}, "
+                         f"l1|l2|cosine; got {weights}, {normalize}, {loss}")
     layers, device = parse_layers(layers), str(runtime.resolve_device(device))
     precision = runtime.resolve_precision(precision, device)  # recorded: bf16 changes the values
     if variant == "timm":
@@ -144,6 +144,6 @@ def build_feat(variant: str, model: str | None = None, layers: int | str | tuple
         "grid": patch_grid.grid_note(maps[0].shape[-2:]),
         **({"weights_sha256": patch_grid.weights_digest(weights_file)} if weights == PRETRAINED else {})}
     spec = TargetSpec(name="feat", variant=variant, version=1, grid=Grid.PATCH, dtype="float16", loss=loss,
-                      clip_shape=patch_grid.PatchClipShape(sum(params["layer_dims"])), params=params,
-                      model_id=model_id, augmentation=feat_augmentation(variant, params))
+                      clip_shape=patch_grid.PatchClipShape(sum(params["layer_dims"])), params=params, model_id=model_id,
+                      augmentation=feat_augmentation(variant, params), loss_terms=tuple(params["layer_dims"]))
     return patch_grid.PatchFeatureTarget(spec, extractor, batch_size, precision)
