@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -20,6 +21,33 @@ def _version(value: bool) -> None:
         except PackageNotFoundError:
             typer.echo("ablate (version unknown: the package is not installed)")
         raise typer.Exit(0)
+
+
+def _number(command: str, option: str, kind: type, minimum: float, above: bool = False) -> Callable[[Any], Any]:
+    """A parser for a numeric option of `ablate COMMAND`: a value that is not a (finite) number of
+    `kind`, or one below `minimum` (at most `minimum` with `above`), ends as one line naming the
+    option, e.g. `ablate run: --jobs must be at least 1, got 0` (exit 2)."""
+
+    def parse(value: Any) -> Any:
+        from mvm_targets.errors import InputError
+
+        where = f"ablate {command}: {option}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value  # a default, already a number
+        else:
+            try:
+                number = kind(str(value).strip())
+            except ValueError:
+                noun = "a whole number" if kind is int else "a number"
+                raise InputError(f"{where} must be {noun}, got '{value}'") from None
+        if not math.isfinite(number):
+            raise InputError(f"{where} must be a finite number, got {number}")
+        if number < minimum or (above and number == minimum):
+            bound = f"more than {minimum:g}" if above else f"at least {minimum:g}"
+            raise InputError(f"{where} must be {bound}, got {number:g}")
+        return number
+
+    return parse
 
 
 @app.callback()
@@ -99,12 +127,11 @@ def _remove_if_untrained(made: list[Path]) -> None:
             return
 
 
-
 @app.command()
 def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/demo.yaml)"),
-        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", parser=_number("run", "--jobs", int, 1),
                                            help="runs at once (default 1; with --gpus-per-run: every GPU slot)"),
-        gpus_per_run: int = typer.Option(0, "--gpus-per-run", min=0,
+        gpus_per_run: int = typer.Option(0, "--gpus-per-run", parser=_number("run", "--gpus-per-run", int, 0),
                                          help="k > 0: pack runs onto the local GPUs, one torchrun over k GPUs each"),
         dry_run: bool = typer.Option(False, "--dry-run",
                                      help="check every run (as `ablate check`), print the expansion and what would "
@@ -116,13 +143,21 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="default: runs/<grid name>"),
         overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE over the grid's base (YAML), or cache.KEY=VALUE "
                                                              "over its cache section; repeatable"),
-        timeout: Optional[float] = typer.Option(None, "--timeout", help="per-run limit in seconds (local launcher)"),
+        timeout: Optional[float] = typer.Option(None, "--timeout",
+                                                parser=_number("run", "--timeout", float, 0, above=True),
+                                                help="per-run limit in seconds (local launcher)"),
         slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition",
                                                       help="partition to submit to (default: the cluster's)"),
-        slurm_time: int = typer.Option(24 * 60, "--slurm-time", help="minutes per attempt; time-outs are requeued"),
-        slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", help="CPUs per run"),
-        slurm_mem_gb: Optional[int] = typer.Option(None, "--slurm-mem-gb", help="memory per run"),
-        slurm_parallelism: int = typer.Option(64, "--slurm-parallelism", help="runs of the array at once"),
+        slurm_time: int = typer.Option(24 * 60, "--slurm-time", parser=_number("run", "--slurm-time", int, 1),
+                                       help="minutes per attempt; time-outs are requeued"),
+        slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", parser=_number("run", "--slurm-cpus", int, 1),
+                                                 help="CPUs per run"),
+        slurm_mem_gb: Optional[int] = typer.Option(None, "--slurm-mem-gb",
+                                                   parser=_number("run", "--slurm-mem-gb", int, 1),
+                                                   help="memory per run, in GB"),
+        slurm_parallelism: int = typer.Option(64, "--slurm-parallelism",
+                                              parser=_number("run", "--slurm-parallelism", int, 1),
+                                              help="runs of the array at once"),
         slurm_params: list[str] = typer.Option([], "--slurm-param",
                                                help="KEY=VALUE submitit parameter, e.g. slurm_account=abc"),
         ) -> None:
@@ -198,7 +233,9 @@ def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, o
            watch: bool = typer.Option(False, "--watch",
                                       help="redraw every --interval, with steps and ETA, until every run is done or "
                                            "failed (exit 0 all done, 1 some failed, 130 Ctrl-C)"),
-           interval: float = typer.Option(2.0, "--interval", help="seconds between redraws with --watch")) -> None:
+           interval: float = typer.Option(2.0, "--interval",
+                                          parser=_number("status", "--interval", float, 0, above=True),
+                                          help="seconds between redraws with --watch")) -> None:
     """Table of runs: alias, run id, state, failure, duration, headline metric."""
     from ablations.status import collect_rows, format_table, summarize_states
     from violet_core.config import parse_overrides as parse_sets
@@ -227,7 +264,7 @@ def report(runs: list[Path] = typer.Argument(None, help="run directories or runs
            out: Path = typer.Option(Path("report"), "--out", help="folder for the CSVs, markdown and charts"),
            baseline: list[str] = typer.Option([], "--baseline", help="KEY=VALUE of the baseline cell; repeatable"),
            grid: Optional[Path] = typer.Option(None, "--grid", help="grid YAML: flags cells that never ran"),
-           bootstrap: int = typer.Option(0, "--bootstrap", min=0,
+           bootstrap: int = typer.Option(0, "--bootstrap", parser=_number("report", "--bootstrap", int, 0),
                                          help="N > 0: bootstrap intervals (N resamples of seeds) and the IQM")) -> None:
     """Protocol card, then per cell over seeds mean with 95 % t-interval and the paired Δ to the baseline
     (t-interval, sign-flip p-value), as CSV, markdown and charts."""
