@@ -9,7 +9,7 @@ release (`patch_embed.proj`, `layers.{i}.blocks.{j}.attn.qkv`, `layers.{i}.downs
 Layout: the network runs channels-last, `(B, T, H, W, C)`, from the patch embedding to the final
 LayerNorm (the official code permutes to channels-first between stages; the values are the same).
 
-VIOLETv2's change (spec §1): the patch embedding keeps its (2, 4, 4) Conv3d kernel but strides
+VIOLETv2's change (docs/method.md §1): the patch embedding keeps its (2, 4, 4) Conv3d kernel but strides
 (1, 4, 4) over time after padding one zero frame at the end, so the token grid keeps all T frames
 (token t mixes frames t and t+1). `VideoSwinConfig.temporal_stride` selects it (1) or the
 original non-overlapping embedding (2). Parameter shapes do not depend on it.
