@@ -14,7 +14,9 @@ The store location and dataset name are NOT in this section: they are the runs' 
 and `data.dataset`, so what is extracted is exactly what the trainer opens. Runs are grouped by
 (cache, dataset, frames_id) and each group is extracted in one `mvm_targets.extract` call with the
 union of its targets, so every clip is decoded once and every target computed once for the grid.
-A target its module declares as never stored (derived from the cached frames) needs no extraction of its own.
+A target its module declares as never stored (derived from the cached frames) needs no extraction of its own,
+and neither does a target every run of the group computes online (`mvm.source: online`): those runs read
+only the frames.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ablations.grid import Grid
+from violet_core.config import CACHED, target_source
 
 CACHE_KEYS = ("source", "synth", "num_frames", "size", "device", "workers", "batch_size", "clips_per_shard",
               "short_videos", "weights", "weights_dir", "options")
@@ -45,7 +48,7 @@ class CacheJob:
     cache_root: Path
     dataset: str
     frames_id: str | None  # what the runs ask for (data.frames_id); None = the dataset's only sampling
-    refs: tuple[str, ...]  # target refs as written in mvm.targets, sorted, derived ones included
+    refs: tuple[str, ...]  # refs of mvm.targets some run reads from the cache, sorted, derived ones included
     runs: int  # how many runs read this group
     source: Path | None = None
     synth: dict[str, Any] | None = None
@@ -109,7 +112,9 @@ def plan_cache(grid: Grid) -> list[CacheJob]:
         groups.setdefault((data["cache"], data["dataset"], data.get("frames_id")), []).append(spec.config)
     jobs = []
     for (cache_root, dataset, frames_id), configs in groups.items():
-        refs = sorted({ref for config in configs for ref in config["mvm"]["targets"]})
+        # a target every run computes online is never read from the cache
+        refs = sorted({ref for config in configs for ref in config["mvm"]["targets"]
+                       if target_source(config["mvm"].get("source", CACHED), ref) == CACHED})
         jobs.append(CacheJob(
             cache_root=Path(cache_root), dataset=dataset, frames_id=frames_id, refs=tuple(refs), runs=len(configs),
             source=Path(section["source"]) if section.get("source") else None,

@@ -13,11 +13,12 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from mvm_targets.names import name_problem
+from mvm_targets.settings import setting_problem
 
 
 class ConfigError(ValueError):
@@ -25,6 +26,8 @@ class ConfigError(ValueError):
 
 
 MASK_STRATEGIES = ("rm", "bm", "am")
+CACHED, ONLINE = "cached", "online"
+MVM_SOURCES = (CACHED, ONLINE)  # values of mvm.source (docs/method.md §11)
 DOWNSTREAM_TASKS = ("retrieval", "qa_mc", "qa_oe")
 
 
@@ -78,13 +81,42 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
+class OnlineTeachersConfig:
+    """How the targets of `mvm.source: online` are built, with the names a grid's cache section uses
+    for extraction (ablations/prepare.py): the same settings give the same teacher either way."""
+
+    weights: str = "pretrained"  # pretrained (local files) | random (smoke tests)
+    weights_dir: str | None = None  # folder of teacher weights; None: $MVM_WEIGHTS
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target name, e.g. {flow: {preset: fast}}
+
+
+@dataclass(frozen=True)
 class MvmConfig:
     targets: tuple[str, ...] = ()  # cache refs, e.g. ["sif"], ["hog", "flow:dis"]; empty = no MVM
+    # where each target comes from (docs/method.md §11): "cached" reads it from the shard store and
+    # augments it with the frames; "online" computes it inside the training step from the augmented
+    # clip, as the official code does. A mapping {ref: cached|online} sets it per target (unlisted: cached).
+    source: str | dict[str, str] = "cached"
+    online: OnlineTeachersConfig = field(default_factory=OnlineTeachersConfig)
     normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (docs/method.md §5)
     weight: float = 1.0
     # official pair rule: drop a flow pair whose largest absolute component max(|u|, |v|) over its pixels
     # reaches this many px (not the Euclidean |(u, v)|); null keeps all pairs
     flow_max_magnitude: float | None = 50.0
+
+    def source_of(self, ref: str) -> str:
+        """"cached" or "online": where target `ref` comes from in this run."""
+        return target_source(self.source, ref)
+
+    @property
+    def online_targets(self) -> tuple[str, ...]:
+        """The refs of `targets` computed in the training step, in config order."""
+        return tuple(ref for ref in self.targets if self.source_of(ref) == ONLINE)
+
+    @property
+    def cached_targets(self) -> tuple[str, ...]:
+        """The refs of `targets` read from the cache, in config order."""
+        return tuple(ref for ref in self.targets if self.source_of(ref) == CACHED)
 
 
 @dataclass(frozen=True)
@@ -204,6 +236,12 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
+def target_source(source: str | Mapping[str, str], ref: str) -> str:
+    """Where target `ref` comes from under an `mvm.source` value (a string, or a mapping per ref with
+    unlisted refs cached); also reads the plain dict of a saved config."""
+    return source if isinstance(source, str) else str(source.get(ref, CACHED))
+
+
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     config = _build(RunConfig, raw, "")
     validate(config)
@@ -238,6 +276,7 @@ def validate(config: RunConfig) -> None:
     need(config.mvm.normalization in ("mean", "paper"), "mvm.normalization",
          f"'{config.mvm.normalization}' is not mean or paper")
     need(len(set(config.mvm.targets)) == len(config.mvm.targets), "mvm.targets", "lists a target twice")
+    _check_mvm_source(config.mvm, need)
     need(config.model.hidden % config.model.heads == 0, "model.hidden",
          f"{config.model.hidden} is not divisible by model.heads={config.model.heads}")
     need(config.data.num_frames <= config.model.max_frames, "data.num_frames",
@@ -259,6 +298,21 @@ def validate(config: RunConfig) -> None:
         need(optim.steps >= 0, f"{section}.optim.steps", "must be >= 0")
         need(optim.batch_size >= 2, f"{section}.optim.batch_size", "must be >= 2 (VTM needs in-batch negatives)")
         need(0.0 <= optim.warmup_ratio <= 1.0, f"{section}.optim.warmup_ratio", "must lie in [0, 1]")
+
+
+def _check_mvm_source(mvm: MvmConfig, need: Any) -> None:
+    """mvm.source names a source per target (a string for all of them, or a mapping per listed ref),
+    and mvm.online.weights is a weights mode."""
+    choices = " or ".join(MVM_SOURCES)
+    if isinstance(mvm.source, str):
+        need(mvm.source in MVM_SOURCES, "mvm.source", f"'{mvm.source}' is not {choices}")
+    else:
+        for ref, source in mvm.source.items():
+            need(ref in mvm.targets, "mvm.source",
+                 f"'{ref}' is not among mvm.targets {list(mvm.targets)}")
+            need(source in MVM_SOURCES, "mvm.source", f"{ref}: '{source}' is not {choices}")
+    problem = setting_problem("weights", mvm.online.weights)
+    need(problem is None, "mvm.online.weights", str(problem))
 
 
 def field_paths(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -297,11 +351,24 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         return _build(kind, value, f"{key}.")
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
+    if kind is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key)
+        mapping = next((a for a in inner if typing.get_origin(a) is dict), None)
+        if isinstance(value, dict) and mapping is not None:  # its own message names the bad entry
+            return _coerce(mapping, value, key)
+        for alternative in inner:  # e.g. `str | dict[str, str]`: a value for all, or one per name
+            try:
+                return _coerce(alternative, value, key)
+            except ConfigError:
+                continue
+        kinds = " or ".join(_KIND_NAMES.get(typing.get_origin(a) or a, str(a)) for a in inner)
+        raise ConfigError(f"'{key}' must be {kinds}, got {value!r}")
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"'{key}' must be a list, got {value!r}")
@@ -333,6 +400,10 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be a string, got {value!r}")
         return value
     raise ConfigError(f"'{key}': unsupported field type {kind}")
+
+
+_KIND_NAMES = {str: "a string", dict: "a mapping", tuple: "a list", int: "an integer", float: "a number",
+               bool: "true or false"}
 
 
 def _yaml11_float(text: str) -> float | str:

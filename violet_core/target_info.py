@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from mvm_targets.targets.registry import derived_spec
 from mvm_targets.targets.spec import PATCH_PX, PaperScaling, StoredSpec, ref_key
+from violet_core.config import CACHED, ONLINE
 
 __all__ = ["DEFAULT_VOCAB", "PATCH_PX", "TargetInfo", "read_target_infos"]
 
@@ -30,12 +31,15 @@ class TargetInfo:
     `ref` (e.g. "hog", "flow:dis", "hog:maskfeat") names the target in the run config; `key` is
     `ref_key(ref)`, the one file-safe form used for batch entries, heads and loss names (`mvm_<key>`).
     Every other property reads `spec`. Hand-built infos (tests, benchmarks) may pass the spec's fields
-    as keywords instead of a spec.
+    as keywords instead of a spec. `source` says where the values come from: "cached" (the shard
+    store, augmented with the frames) or "online" (computed in the training step from the augmented
+    clip, violet_core.online_targets; docs/method.md §11).
     """
 
-    __slots__ = ("ref", "spec", "teacher_weights")
+    __slots__ = ("ref", "spec", "teacher_weights", "source")
 
-    def __init__(self, ref: str, spec: StoredSpec | None = None, teacher_weights: str = "", **fields: Any) -> None:
+    def __init__(self, ref: str, spec: StoredSpec | None = None, teacher_weights: str = "", source: str = CACHED,
+                 **fields: Any) -> None:
         if spec is None:
             record = {"target_id": fields.pop("target_id", ref), **fields}
             record.setdefault("dtype", "float32")
@@ -43,7 +47,7 @@ class TargetInfo:
             spec = StoredSpec.from_record(record)
         elif fields:
             raise TypeError(f"TargetInfo: pass either a spec or its fields, not both ({', '.join(fields)})")
-        self.ref, self.spec, self.teacher_weights = ref, spec, teacher_weights or ""
+        self.ref, self.spec, self.teacher_weights, self.source = ref, spec, teacher_weights or "", source
 
     def __repr__(self) -> str:
         return f"TargetInfo(ref={self.ref!r}, target_id={self.spec.target_id!r})"
@@ -68,6 +72,11 @@ class TargetInfo:
     frames_needed = property(lambda self: self.spec.frames_needed)
     params = property(lambda self: self.spec.params)
     stored = property(lambda self: self.spec.stored)
+
+    @property
+    def online(self) -> bool:
+        """Computed in the training step from the augmented clip: no flip or crop rule applies."""
+        return self.source == ONLINE
 
     @property
     def paper_scaling(self) -> PaperScaling | None:

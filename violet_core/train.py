@@ -33,13 +33,15 @@ from violet_core.checkpoint import CheckpointError, capture_rng, load_checkpoint
 from violet_core.compiled import compile_model
 from violet_core.config import RunConfig, load_config, parse_overrides, save_config
 from violet_core.data.augment import check_flips
-from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
+from violet_core.config import ConfigError
+from violet_core.data.pretrain import PretrainDataset, cached_geometry, collate_pretrain, split_keys
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
 from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, task_corpus
 from violet_core.loop import LoopState, NonFiniteLossError, run_steps
 from violet_core.masking import MaskSampler
 from violet_core.model import Violet, load_pretrained_parts
 from violet_core.objectives import PretrainObjective
+from violet_core.online_targets import OnlineTargets, sources, with_online_targets, worker_fork_problem
 from violet_core.optim import build_optimizer, build_schedule
 from violet_core.provenance import software_versions
 from violet_core.run_dir import RunDir
@@ -72,10 +74,24 @@ class Run:
             save_config(config, self.dir.root / "config.yaml")
         seed_everything(config.seed)
         data = config.data
-        self.reader = CacheReader(Path(data.cache), data.dataset, targets=list(config.mvm.targets),
+        # online targets are computed in the training step from the augmented clip (docs/method.md §11):
+        # the cache needs only their frames
+        self.reader = CacheReader(Path(data.cache), data.dataset, targets=list(config.mvm.cached_targets),
                                   frames_id=data.frames_id)
-        self.infos: list[TargetInfo] = read_target_infos(self.reader, list(config.mvm.targets))
+        self.online: OnlineTargets | None = None
+        if config.mvm.online_targets:
+            self.online = OnlineTargets.from_config(config.mvm, self.device, *cached_geometry(self.reader))
+        by_ref = {info.ref: info for info in read_target_infos(self.reader, list(config.mvm.cached_targets))}
+        by_ref.update({info.ref: info for info in (self.online.infos if self.online else [])})
+        self.infos: list[TargetInfo] = [by_ref[ref] for ref in config.mvm.targets]  # config order: head order
         check_flips(self.infos, data.hflip_prob, data.approximate_flips)  # before any training
+        problem = worker_fork_problem(self.infos, data.hflip_prob, data.num_workers)
+        if problem:
+            raise ConfigError(problem)
+        if self.infos:
+            log.info("MVM targets: %s", ", ".join(f"{ref} ({source})" for ref, source in sources(self.infos).items()))
+        if self.online:
+            log.info("online MVM targets: %s", self.online.describe())
         self.tokenizer = self._tokenizer()
         self.model = Violet(config.model, self.tokenizer.vocab_size, data.max_text_len, self.infos,
                             config.mvm.normalization, config.mvm.flow_max_magnitude,
@@ -148,7 +164,8 @@ class Run:
             return trainable(batch, mask_rng, self.tokenizer.special_mask(batch["text_ids"]))
 
         self.model.train()
-        losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule, batches, state,
+        losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule,
+                           with_online_targets(batches, self.online), state,
                            optim.steps, device=self.device, precision=config.precision, grad_clip=optim.grad_clip,
                            dist=self.dist, log=self.dir.log, log_every=config.pretrain.log_every,
                            checkpoint=checkpoint, checkpoint_every=config.pretrain.checkpoint_every)
@@ -211,8 +228,8 @@ class Run:
             "name": self.config.name, "seed": self.config.seed,
             "metrics": {**{f"pretrain/{k}": v for k, v in losses.items()}, **metrics},
             "chance": chance,
-            "targets": [{"ref": i.ref, "target_id": i.target_id, "teacher_weights": i.teacher_weights}
-                        for i in self.infos],
+            "targets": [{"ref": i.ref, "target_id": i.target_id, "teacher_weights": i.teacher_weights,
+                         "source": i.source} for i in self.infos],
             "code_version": code_version(), "software": software_versions(),
             "config_hash": config_digest(self.config),
             "steps": self.config.pretrain.optim.steps, "wall_s": round(time.time() - started, 2),

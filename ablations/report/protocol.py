@@ -20,6 +20,7 @@ from ablations.grid import format_value
 from ablations.report.flags import counted
 from ablations.report.load import (cell_name, cell_of, cell_value, config_value, factor_columns, is_number, natural,
                                    parse_json, render_factor)
+from violet_core.config import CACHED, ONLINE, target_source
 
 # The paper's protocol as its official code (tsujuifu/pytorch_empirical-mvm) runs it; keys are this project's config
 # keys, or a name of our own where no single key holds the setting. Each comment says where the value comes from.
@@ -46,6 +47,8 @@ PAPER: dict[str, Any] = {
     "mask.video_without_mvm": False,
     "mvm.normalization": "paper",  # calc_mvm_loss(): per-target scales (/3 pixel, depth, features; /2 flow)
     "mvm.weight": 1.0,  # main_pretrain.py step(): ls = ls_mtm + ls_vtm + ls_mvm, every weight 1
+    # the teachers run inside the training step on the clip the student sees (cropped, never flipped)
+    "mvm.source": "online",
     "pretrain.vtm_negatives": 3,  # VIOLET_Pretrain.forward(): min(B, 4) texts per video, 3 of them negatives
     "pretrain.temperature": 0.05,  # args temp 0.05 divides the VTM logits
     "downstream.temperature": 0.05,  # main_retrieval.py NormSoftmaxLoss temperature 0.05
@@ -107,7 +110,12 @@ def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any
         return ProtocolCard(base_text, [], axes, [], [], note="no config.yaml in the base cell's runs: "
                                                                "settings and deviations unknown")
     cfg = _Configs(configs, members)
-    return ProtocolCard(base_text, _settings(cfg, members, done, cache or {}), axes, *_compare(cfg, done))
+    # the source of each target is shown when some run computes a target online or the grid varies it
+    everywhere = [c for c in (parse_json(r["config"]) for r in records) if c]
+    show_sources = (any(ONLINE in _sources(c).values() for c in everywhere)
+                    or len({repr(config_value(c, "mvm.source", CACHED)) for c in everywhere}) > 1)
+    return ProtocolCard(base_text, _settings(cfg, members, done, cache or {}, show_sources), axes,
+                        *_compare(cfg, done))
 
 
 class _Configs:
@@ -139,11 +147,22 @@ def _paper_mode(config: Mapping[str, Any], key: str) -> Any:
     return RELEASED_P_MASK if config_value(config, "mask.paper", False) else config_value(config, key)
 
 
+def _sources(config: Mapping[str, Any]) -> dict[str, str]:
+    """ref -> "cached" | "online" for the targets of a saved config (older configs: all cached)."""
+    source = config_value(config, "mvm.source", CACHED)
+    return {ref: target_source(source, ref) for ref in config_value(config, "mvm.targets", []) or []}
+
+
+def _sources_text(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{ref} {source}" for ref, source in _sources(config).items()) or "no targets"
+
+
 EFFECTIVE = {  # settings derived from several keys: (config, world size or None) -> value
     "finetune.frames": lambda c, w: config_value(c, "downstream.num_frames") or config_value(c, "data.num_frames"),
     "mask.video_ratio": lambda c, w: _paper_mode(c, "mask.ratio"),
     "mask.text_ratio_run": lambda c, w: _paper_mode(c, "mask.text_ratio"),
     "pretrain.batch": lambda c, w: config_value(c, "pretrain.optim.batch_size") * w if w else None,
+    "mvm.sources": lambda c, w: _sources_text(c),
 }
 
 
@@ -172,7 +191,7 @@ def _teachers(done: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
 
 
 def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str, Any]],
-              cache: Mapping[str, Any]) -> list[tuple[str, str]]:
+              cache: Mapping[str, Any], show_sources: bool = False) -> list[tuple[str, str]]:
     v = cfg.text
 
     def init(key: str, missing: str) -> str:
@@ -198,7 +217,8 @@ def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]], done: Sequenc
         ("masking", f"{v('mask.strategies')}, video ratio {v('mask.video_ratio')}, text ratio "
                     f"{v('mask.text_ratio_run')}, released-code mode (mask.paper) {v('mask.paper', False)}, "
                     f"video masked without MVM {v('mask.video_without_mvm', False)}"),
-        ("MVM", f"targets {v('mvm.targets')}, normalization {v('mvm.normalization')}, weight {v('mvm.weight')}"),
+        ("MVM", f"targets {v('mvm.targets')}, normalization {v('mvm.normalization')}, weight {v('mvm.weight')}"
+                + (f", source {v('mvm.sources')}" if show_sources else "")),
         ("pretraining", f"{v('pretrain.optim.steps')} steps, batch {v('pretrain.optim.batch_size')} per process"
                         f"{in_all}, lr {v('pretrain.optim.lr')}, temperature {v('pretrain.temperature')}, "
                         f"weight decay {v('pretrain.optim.weight_decay')}, warm-up {v('pretrain.optim.warmup_ratio')}"),
@@ -275,6 +295,14 @@ def _compare(cfg: _Configs, done: Sequence[Mapping[str, Any]]) -> tuple[list[str
                           f"scaling, mvm.normalization {PAPER['mvm.normalization']})")
     if cfg.world:
         check("pretraining batch in all", "pretrain.batch", PAPER["pretrain.batch"])
+    cached = sorted({ref for c in cfg.configs for ref, source in _sources(c).items() if source == CACHED})
+    online = sorted({ref for c in cfg.configs for ref, source in _sources(c).items() if source == ONLINE})
+    if cached:
+        deviations.append(f"MVM targets read from the cache, computed once on the centre frames and cropped and "
+                          f"flipped with them by their declared rules: {', '.join(cached)} (paper: computed "
+                          f"{PAPER['mvm.source']} from the augmented clip)")
+    elif online:
+        matches.append(f"MVM targets computed {PAPER['mvm.source']} from the augmented clip")
     either(cfg.any("data.hflip_prob", lambda p: p is not None and p > 0),
            f"horizontal flips in pretraining (hflip_prob {cfg.text('data.hflip_prob')}; paper: none)",
            "no horizontal flips")

@@ -47,14 +47,17 @@ def target_augmentation(info: TargetInfo) -> Augmentation:
 
 
 def check_flips(infos: Iterable[TargetInfo], hflip_prob: float, approximate_flips: bool = False) -> None:
-    """Refuse flips of targets that cannot be flipped exactly, unless approximate flips are allowed.
+    """Refuse flips of cached targets that cannot be flipped exactly, unless approximate flips are allowed.
+
+    An online target is computed from the flipped clip itself (docs/method.md §11), so its flip rule
+    does not apply.
 
     Raises:
-        ConfigError: `hflip_prob` > 0, `approximate_flips` is off and a target's flip rule is "refuse".
+        ConfigError: `hflip_prob` > 0, `approximate_flips` is off and a cached target's flip rule is "refuse".
     """
     if hflip_prob <= 0 or approximate_flips:
         return
-    refusing = [info for info in infos if target_augmentation(info).flip is FlipRule.REFUSE]
+    refusing = [info for info in infos if not info.online and target_augmentation(info).flip is FlipRule.REFUSE]
     if refusing:
         raise _refusal(refusing, f"'data.hflip_prob': {hflip_prob} flips clips")
 

@@ -6,6 +6,8 @@ One item, for T frames of S x S pixels and L text tokens (layout of targets: vio
     targets    ref -> tensor in the training layout (a target whose spec says `normalize_as_input`, such
                as the frames themselves, normalised exactly as `video`)
     extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
+    frames     (T, S, S, 3) uint8, the augmented clip, only when a target is online: the training step
+               computes those targets from it (violet_core.online_targets, docs/method.md §11)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
 Augmentation: a temporal window of T frames, a grid-aligned S-px crop and a horizontal flip. The
@@ -47,7 +49,8 @@ class PretrainDataset(Dataset):
     Args:
         reader: a CacheReader loading every target in `infos` (those that are never stored are derived
             here from the augmented frames, by their module's `derive`).
-        infos: the MVM targets, from `read_target_infos`.
+        infos: the MVM targets, from `read_target_infos`, plus any online ones (`TargetInfo.online`):
+            those are neither read nor augmented here; the items then carry their augmented frames.
         tokenizer: the run's tokenizer.
         keys: the clips of this split (`split_keys`).
         num_frames: T per item, at most the cached T; 1 treats clips as images, for which targets
@@ -80,7 +83,9 @@ class PretrainDataset(Dataset):
         self._check_args()
         # A 1-frame item has no frame pairs and no clip context: such targets are left out of every
         # item, once and for all, and said once.
-        self.infos = [i for i in infos if not (num_frames == 1 and i.needs_video)]
+        kept = [i for i in infos if not (num_frames == 1 and i.needs_video)]
+        self.infos = [i for i in kept if not i.online]  # read from the cache and augmented here
+        self.online_infos = [i for i in kept if i.online]  # computed by the training step from "frames"
         self.skipped_refs = [i.ref for i in infos if num_frames == 1 and i.needs_video]
         if self.skipped_refs:
             logger.info("%s: 1-frame items (images); leaving out the targets that need a video: %s",
@@ -126,13 +131,14 @@ class PretrainDataset(Dataset):
         targets, extras = {}, {}
         for info in self.infos:
             data = clip[info.ref] if info.stored else info.spec.derive(clip["frames"])
-            # normalised like the video input; a new tensor, as the trainer masks the video in place
-            targets[info.ref] = normalize_channels_first(data) if info.spec.normalize_as_input \
-                else training_layout(info, data)
+            targets[info.ref] = target_tensor(info, data)
             prefix = f"{info.ref}/"
-            extras.update({name: _to_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
-        return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
+            extras.update({name: extra_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
+        item = {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
                 "extras": extras, "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
+        if self.online_infos:
+            item["frames"] = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
+        return item
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -191,6 +197,13 @@ def normalize_frames(frames: np.ndarray) -> torch.Tensor:
     return ((video - _MEAN) / _STD).contiguous()
 
 
+def target_tensor(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
+    """One clip's target values (as stored, or as its module computes them) -> its training tensor:
+    `normalize_channels_first` for a target whose spec says `normalize_as_input` (normalised like
+    the video input; a new tensor, as the trainer masks the video in place), else `training_layout`."""
+    return normalize_channels_first(data) if info.spec.normalize_as_input else training_layout(info, data)
+
+
 def training_layout(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
     """One clip's stored target -> its training tensor (violet_core.target_info):
     DENSE (T', C, S, S) float32 (C = 1 added when stored without a channel axis), PATCH (T, h*w, D)
@@ -206,7 +219,8 @@ def training_layout(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
 
 def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a batch: video (B, T, 3, S, S), text_ids / text_mask (B, L), targets and
-    extras (B, ...) for the refs every item has (others are dropped), aug ints (B,), keys list."""
+    extras (B, ...) for the refs every item has (others are dropped), aug ints (B,), keys list, and
+    frames (B, T, S, S, 3) uint8 when the items carry them (online targets)."""
     if not items:
         raise ValueError("cannot collate an empty batch")
 
@@ -214,7 +228,7 @@ def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
         names = [n for n in items[0][field] if all(n in item[field] for item in items)]
         return {n: torch.stack([item[field][n] for item in items]) for n in names}
 
-    return {
+    batch = {
         "video": torch.stack([item["video"] for item in items]),
         "text_ids": torch.stack([item["text_ids"] for item in items]),
         "text_mask": torch.stack([item["text_mask"] for item in items]),
@@ -223,6 +237,9 @@ def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
         "aug": {n: torch.tensor([item["aug"][n] for item in items], dtype=torch.int64) for n in items[0]["aug"]},
         "keys": [item["key"] for item in items],
     }
+    if "frames" in items[0]:
+        batch["frames"] = torch.stack([item["frames"] for item in items])
+    return batch
 
 
 def split_keys(source_dir: Path | str, split: str, reader_keys: Iterable[str]) -> list[str]:
@@ -265,7 +282,8 @@ def _cache_name(reader: Any) -> str:
     return f"cache {clip_cache.root}" if clip_cache is not None else f"cache {type(reader).__name__}"
 
 
-def _to_tensor(value: Any) -> torch.Tensor:
+def extra_tensor(value: Any) -> torch.Tensor:
+    """One clip's extra (e.g. a per-pair statistic) as a tensor: floats float32, integers int64."""
     array = np.ascontiguousarray(value)
     if array.dtype.kind == "f":
         return torch.from_numpy(array.astype(np.float32))

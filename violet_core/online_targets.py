@@ -1,0 +1,157 @@
+"""Online MVM targets (`mvm.source: online`): computed in the training step from the augmented clip.
+
+A cached target is computed once, on the canonical centre frames, and then follows the trainer's
+flip and crop by its declared rules (violet_core.data.augment). The official VIOLETv2 code runs its
+teachers inside the training step on the clip the student sees, so crops and flips are exact by
+construction. An online target does the same (docs/method.md §11): the dataset hands over the
+augmented frames, and `OnlineTargets.fill` runs each target's `compute` on them and writes the result
+into the batch exactly where and how the dataset puts a cached target:
+
+    batch["frames"]              (B, T, S, S, 3) uint8, the augmented clips (violet_core.data.pretrain)
+    batch["targets"][ref]        the target's training layout (`target_tensor`), B first
+    batch["extras"]["ref/name"]  each extra the target returns beside "data" (e.g. a per-pair statistic)
+
+The targets are built by the one builder of mvm_targets (`build_targets`), with the settings a grid's
+cache section uses for extraction (device, weights, weights_dir, per-target options), so an online
+target is the teacher that would have filled the cache. Nothing here depends on which target it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mvm_targets.errors import MvmTargetsError
+from violet_core.config import ONLINE, ConfigError, MvmConfig
+from violet_core.data.pretrain import extra_tensor, target_tensor
+from violet_core.target_info import TargetInfo
+
+
+class OnlineTargets:
+    """The online targets of a run: their `TargetInfo`s (for the model's heads) and `fill` (per step).
+
+    Args:
+        refs: the online target references, in the order of `mvm.targets`.
+        runtime: settings passed to every factory that accepts them (device, weights, weights_dir).
+        options: per-target options keyed by target name, e.g. {"<name>": {"<key>": value}}.
+        num_frames, size: the cached clips' T and S. Each info's spec is the built target's spec at
+            that geometry, the spec the target's shard set would carry had it been extracted, so the
+            heads are those of the cached run.
+    Raises:
+        ConfigError: a target's factory does not take an option of `mvm.online.options`.
+        MvmTargetsError: an unknown target, or one that cannot be built here (e.g. missing weights).
+    """
+
+    def __init__(self, refs: Sequence[str], runtime: Mapping[str, Any], options: Mapping[str, Mapping[str, Any]],
+                 num_frames: int, size: int) -> None:
+        from mvm_targets.targets.build import TargetOptionError, build_targets
+
+        try:
+            built = build_targets(list(refs), runtime, options)
+        except TargetOptionError as error:
+            raise ConfigError(f"'mvm.online.options': {error}") from None
+        self.targets = dict(zip(refs, built))
+        # teacher_weights as extraction stamps it into a shard set: "random" marks smoke-test teachers
+        self.infos = [TargetInfo(ref, target.spec.stored_spec(num_frames, size),
+                                 teacher_weights=str(target.spec.params.get("weights", "") or ""), source=ONLINE)
+                      for ref, target in self.targets.items()]
+
+    @classmethod
+    def from_config(cls, mvm: MvmConfig, device: torch.device | str, num_frames: int,
+                    size: int) -> "OnlineTargets | None":
+        """The run's online targets (None when every target is cached); teachers run on `device`."""
+        if not mvm.online_targets:
+            return None
+        settings = mvm.online
+        runtime = {"device": str(device), "weights": settings.weights,
+                   "weights_dir": Path(settings.weights_dir) if settings.weights_dir else None}
+        try:
+            return cls(mvm.online_targets, runtime, settings.options, num_frames, size)
+        except MvmTargetsError as error:
+            raise MvmTargetsError(f"mvm.source: online target: {error}") from None
+
+    @property
+    def refs(self) -> list[str]:
+        return list(self.targets)
+
+    @torch.no_grad()
+    def fill(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with every online target computed from batch["frames"] (B, T, S, S, 3) uint8.
+
+        Each clip is computed on its own, so a clip's target never depends on which clips share its
+        batch (nor on the batch size or the number of processes). A 1-frame batch leaves out the
+        targets that need a video, as the dataset does for cached ones. Call it outside autocast: a
+        teacher must run at its own precision, as it did for the cache.
+        """
+        if "frames" not in batch:
+            raise ValueError("online MVM targets need the augmented frames in the batch (batch['frames']); "
+                             "build the PretrainDataset with the online TargetInfos")
+        frames = batch["frames"].cpu().numpy()
+        device = batch["video"].device
+        targets, extras = dict(batch["targets"]), dict(batch["extras"])
+        for info in self.infos:
+            if frames.shape[1] == 1 and info.needs_video:
+                continue
+            data, named = self._compute(info, frames)
+            targets[info.ref] = data.to(device, non_blocking=True)
+            extras.update({name: value.to(device, non_blocking=True) for name, value in named.items()})
+        return {**batch, "targets": targets, "extras": extras}
+
+    def _compute(self, info: TargetInfo, frames: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, T, S, S, 3) uint8 -> the batch's target tensor (B, ...) and its extras {"ref/name": (B, ...)}."""
+        target = self.targets[info.ref]
+        data, extras = [], {}
+        for clip in frames:
+            out = dict(target.compute(np.ascontiguousarray(clip[None])))
+            data.append(target_tensor(info, out.pop("data")[0]))
+            for name, value in out.items():
+                extras.setdefault(f"{info.ref}/{name}", []).append(extra_tensor(value[0]))
+        return torch.stack(data), {name: torch.stack(values) for name, values in extras.items()}
+
+    def describe(self) -> str:
+        """One line for the run log: each online target, its target id and its teacher weights if any."""
+        return "; ".join(f"{info.ref} ({info.target_id}" + (f", weights {info.teacher_weights})"
+                                                              if info.teacher_weights else ")") for info in self.infos)
+
+
+def with_online_targets(batches: Iterable[dict[str, Any]], online: OnlineTargets | None) -> Iterable[dict[str, Any]]:
+    """`batches` with the online targets filled in as each batch is drawn (unchanged without any).
+
+    The loop draws a batch before it enters autocast, so the targets are computed at the teachers'
+    own precision; the time they take is part of the logged step time.
+    """
+    if online is None:
+        return batches
+    return map(online.fill, batches)
+
+
+def worker_fork_problem(infos: Iterable[TargetInfo], hflip_prob: float, num_workers: int) -> str | None:
+    """Why this mix of online and cached targets cannot use DataLoader worker processes, or None.
+
+    Online targets run in the main process, and a target's kernels may start an OpenMP runtime
+    there (numba's parallel kernels do). The loader forks fresh workers every epoch; a worker forked
+    from such a process aborts as soon as it runs OpenMP code itself, which a cached target that is
+    recomputed on flipped frames does inside the worker. Nothing short of running the kernels says
+    whether they use OpenMP, so the mix is refused before training rather than failing an epoch in.
+    """
+    infos = list(infos)
+    if num_workers <= 0 or hflip_prob <= 0 or not any(info.online for info in infos):
+        return None
+    from mvm_targets.targets.spec import FlipRule
+
+    recomputed = [info.ref for info in infos if not info.online and info.spec.augmentation.flip is FlipRule.RECOMPUTE]
+    if not recomputed:
+        return None
+    names = ", ".join(f"'{ref}'" for ref in recomputed)
+    return (f"'data.num_workers': {num_workers} worker processes would recompute the cached target {names} on "
+            f"flipped frames after the main process has run the online targets' kernels, and an OpenMP runtime "
+            f"aborts a worker forked from such a process; set data.num_workers: 0, or make {names} online too "
+            f"(mvm.source), or data.hflip_prob: 0")
+
+
+def sources(infos: Iterable[TargetInfo]) -> dict[str, str]:
+    """ref -> "cached" | "online", for the run log and final.json."""
+    return {info.ref: info.source for info in infos}
