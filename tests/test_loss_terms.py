@@ -95,6 +95,16 @@ def test_without_terms_the_vector_is_one_term_and_cosine_spans_it():
     assert float(target_loss(info("cosine", None), p, t, torch.zeros_like(m))) == 0.0  # nothing masked
 
 
+def test_cosine_terms_stay_fp32_under_bf16_autocast():
+    prediction, target, mask = case()
+    p, t, m = tensors(prediction, target, mask)
+    plain = target_terms(info("cosine"), p, t, m)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under = target_terms(info("cosine"), p, t.half(), m)  # a float16 cache is widened, never narrowed
+    assert all(x.dtype == torch.float32 for x in under)
+    np.testing.assert_allclose([float(x) for x in under], [float(x) for x in plain], rtol=1e-3)
+
+
 def test_the_terms_are_summed_into_the_total_once():
     torch.manual_seed(0)
     target_info = info("l2")
