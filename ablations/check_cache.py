@@ -44,7 +44,7 @@ def cache_geometry(config: RunConfig, job: CacheJob | None) -> tuple[tuple[int, 
     problems = []
     from mvm_targets.targets.registry import derived_spec
 
-    for ref in config.mvm.targets:
+    for ref in config.mvm.cached_targets:  # an online target is computed in the step, never read from the cache
         if derived_spec(ref) is not None:
             continue  # never stored: the trainer derives it from the cached frames
         try:

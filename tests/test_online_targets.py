@@ -18,6 +18,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from ablations.check import check_grid
 from ablations.grid import expand
 from ablations.prepare import plan_cache
 from ablations.report import load_runs
@@ -220,6 +221,14 @@ def test_source_per_target_and_the_grid_axis():
     online_only = expand({"base": {"mvm.targets": ["hog", "pixel"], "mvm.source": {"hog": "online"}},
                           "cache": {"source": "data/captions.csv"}})
     assert plan_cache(online_only)[0].refs == ("pixel",)  # an online-only target is never extracted
+
+
+def test_ablate_check_needs_no_cached_set_for_an_online_target(workspace):
+    base = {"data.cache": str(workspace / "cache"), "data.dataset": "synthetic", "data.source": str(workspace / "data"),
+            "data.num_frames": T, "data.size": S, "downstream.tasks": [], "mvm.targets": ["flow:dis"]}
+    report = check_grid(expand({"base": base, "axes": {"mvm.source": ["cached", "online"]}}))
+    assert list(report.cells) == ["mvm.source=cached"]  # flow:dis was never extracted: only its cached cell fails
+    assert "no cached target 'flow:dis'" in report.cells["mvm.source=cached"][0]
 
 
 # ---- (d) end to end, and what the run records --------------------------------------------------
