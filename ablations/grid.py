@@ -50,6 +50,7 @@ from ablations.grid_sections import (SEED_KEY, Dimension, GridError, check_field
                                      matches, merge, nest, parse_assignments, parse_axes, parse_labels, parse_seeds)
 from ablations.identity import IDENTITY_EXCLUDED, format_value, run_id, safe_name, value_key
 from mvm_targets.names import name_problem
+from mvm_targets.targets.spec import ref_key
 from violet_core.config import ConfigError, apply_overrides, config_from_dict, field_paths, read_yaml_mapping
 
 TOP_LEVEL_KEYS = ("name", "description", "base_config", "base", "cache", "axes", "zip", "exclude", "seeds",
@@ -211,8 +212,19 @@ def _expand_runs(base: dict[str, Any], dimensions: list[Dimension], seeds: list[
     return runs, excluded
 
 
+TARGETS_KEY = "mvm.targets"  # its values are target references
+
+
 def _alias(assignment: dict[str, Any], varied: list[str], labels: dict[str, str]) -> str:
-    return safe_name(",".join(f"{labels.get(k, k)}={format_value(assignment[k])}" for k in varied))
+    return safe_name(",".join(f"{labels.get(k, k)}={_alias_value(k, assignment[k])}" for k in varied))
+
+
+def _alias_value(key: str, value: Any) -> str:
+    """A factor value as it reads in an alias; target references by their one file-safe key (`ref_key`:
+    `flow:dis` -> `flow_dis`), the spelling of the run's batch entries and `mvm_<key>` metrics."""
+    if key == TARGETS_KEY and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return format_value([ref_key(v) for v in value])
+    return format_value(value)
 
 
 def _resolve(base: dict[str, Any], assignment: dict[str, Any], varied: list[str], labels: dict[str, str]) -> RunSpec:

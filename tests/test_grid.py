@@ -111,7 +111,7 @@ def test_alias_names_only_varied_axes_and_is_filesystem_safe(tmp_path):
         seeds: [3]
         """)
     aliases = [r.alias for r in load_grid(path).runs]
-    assert aliases == ["mvm.targets=none,seed=3", "mvm.targets=hog+flow-dis,seed=3"]
+    assert aliases == ["mvm.targets=none,seed=3", "mvm.targets=hog+flow_dis,seed=3"]
     assert all("/" not in a and ":" not in a and " " not in a for a in aliases)
 
 
@@ -317,7 +317,7 @@ def test_demo_grid_content(tmp_path):
     grid = expand(raw, GRIDS / "demo.yaml")
     # the baseline and the positive control over 6 seeds, the real targets over seeds 0 and 1
     expected = ([f"target={t},seed={s}" for t in ("none", "palette") for s in range(6)]
-                + [f"target={t},seed={s}" for t in ("hog", "flow-dis") for s in (0, 1)])
+                + [f"target={t},seed={s}" for t in ("hog", "flow_dis") for s in (0, 1)])
     assert [r.alias for r in grid.runs] == expected
     assert grid.runs[-1].factors["mvm.targets"] == ["flow:dis"] and grid.excluded == 8
     # the baseline is masked like the MVM runs: the deltas are the MVM loss's alone
