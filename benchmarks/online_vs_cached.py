@@ -13,6 +13,8 @@ of each are not counted. The table gives the mean step time of each and their ra
     PYTHONPATH=. python benchmarks/online_vs_cached.py [--targets hog pixel flow:dis] [--steps 10]
         [--batch 8] [--out benchmarks/.data/results/online_vs_cached]
 
+On a busy machine, set OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads (numba's kernels and
+torch's) otherwise contend on few cores and step times vary several-fold between runs.
 Writes `online_vs_cached.json` and `online_vs_cached.csv` under --out. Only weights-free targets by
 default: a teacher's online cost depends on the device it runs on (bench_train_step.py times them).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import tempfile
@@ -109,10 +112,11 @@ def measure(config: RunConfig, root: Path, ref: str, tokenizer, steps: int, warm
             if index >= warmup:
                 times[name].append(seconds)
     cached, online_s = statistics.mean(times["cached"]), statistics.mean(times["online"])
-    return {"target": ref, "cached_s": cached, "online_s": online_s, "ratio": online_s / cached,
-            "cached_median_s": statistics.median(times["cached"]), "online_median_s": statistics.median(times["online"]),
-            "cached_sd": statistics.stdev(times["cached"]) if steps > 1 else 0.0,
-            "online_sd": statistics.stdev(times["online"]) if steps > 1 else 0.0, "steps": steps}
+    row = {"target": ref, "cached_s": cached, "online_s": online_s, "ratio": online_s / cached, "steps": steps}
+    for name, values in times.items():
+        row[f"{name}_median_s"] = statistics.median(values)
+        row[f"{name}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return row
 
 
 def main() -> None:
@@ -125,8 +129,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA_DIR / "results" / "online_vs_cached")
     args = parser.parse_args()
     config = load_config(TINY)
-    print(f"tiny preset ({config.data.num_frames} frames of {config.data.size} px, hflip {config.data.hflip_prob}), "
-          f"batch {args.batch}, {args.steps} steps after {args.warmup}, torch {torch.__version__}, "
+    load_before = os.getloadavg()[0]
+    print(f"load average {load_before:.2f}; tiny preset ({config.data.num_frames} frames of {config.data.size} px, "
+          f"hflip {config.data.hflip_prob}), batch {args.batch}, {args.steps} steps after {args.warmup}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +147,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(str(args.out / "online_vs_cached.json"),
                {"preset": "tiny", "frames": config.data.num_frames, "size": config.data.size, "batch": args.batch,
-                "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows})
+                "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "load_before": load_before, "load_after": os.getloadavg()[0], "rows": rows})
     with open(args.out / "online_vs_cached.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
