@@ -31,9 +31,8 @@ from violet_core.batching import BatchStream
 from violet_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from violet_core.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
 from violet_core.compiled import compile_model
-from violet_core.config import RunConfig, load_config, parse_overrides, save_config
+from violet_core.config import ConfigError, RunConfig, load_config, parse_overrides, save_config
 from violet_core.data.augment import check_flips
-from violet_core.config import ConfigError
 from violet_core.data.pretrain import PretrainDataset, cached_geometry, collate_pretrain, split_keys
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
 from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, task_corpus
