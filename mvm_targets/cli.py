@@ -108,7 +108,9 @@ def extract(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, path lists (.txt) or tables (.csv/.tsv).")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
     option: Annotated[Optional[list[str]], typer.Option(
-        "--option", "-o", help="Target setting NAME.KEY=VALUE, e.g. flow.preset=ultrafast; repeatable.")] = None,
+        "--option", "-o", help="Target setting NAME.KEY=VALUE, e.g. flow.preset=ultrafast; repeatable. "
+        "NAME.codec=fp16|int8|fp16-half|int8-half picks how a float target is stored (a new target id; "
+        "the reader decodes it).")] = None,
     out: Annotated[Path, typer.Option("--cache", "--out", help="Cache folder to write into (--out: the older name).")]
     = Path("cache"),
     dataset: DatasetOpt = None,
@@ -244,7 +246,8 @@ def estimate(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, path lists (.txt) or tables (.csv/.tsv).")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="name[:variant], repeatable, or 'all'.")],
     option: Annotated[Optional[list[str]], typer.Option(
-        "--option", "-o", help="Target setting NAME.KEY=VALUE, as for extract; repeatable.")] = None,
+        "--option", "-o", help="Target setting NAME.KEY=VALUE, as for extract (NAME.codec=int8 included: the "
+        "sizes are those of the codec); repeatable.")] = None,
     frames: Annotated[int, typer.Option(help="T: frames sampled per video.")] = 4,
     size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
     compression: Annotated[str, typer.Option(help="HDF5 compression: lzf, gzip or none.")] = "lzf",

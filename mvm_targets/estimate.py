@@ -4,6 +4,8 @@ A shard's size is close to linear in its clips: `per_shard + clips * per_clip` (
 compressed chunk, plus the file's fixed metadata). Both numbers are measured by building, in
 memory and with the store's own shard writer (`shard_image`), the shard of a sample and the shard
 of the sample twice over; the difference is the sample's own bytes, so the fixed part separates.
+The shard writer applies each target's storage codec (store/codecs.py), so the figures are those of
+the codec chosen.
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def estimate_cache(items: Sequence[Any], targets: Sequence[Any], config: Any, sa
     targets. Nothing is written. Raises ValueError when no sampled clip could be decoded.
     """
     from mvm_targets.decode_pool import DecodeFailure, decode_one
-    from mvm_targets.extract import clip_record, compute_target, shard_attrs
+    from mvm_targets.extract import check_codecs, clip_record, compute_target, shard_attrs
 
     stored = [t for t in targets if t.spec.stored]
+    check_codecs(stored, config.sampling)
     clips, failed = [], 0
     for item in sample_evenly(items, sample):
         outcome = decode_one(item, config.sampling)

@@ -18,7 +18,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mvm_targets.decode_pool import DecodeFailure, decode_in_order
+from mvm_targets.errors import InputError
 from mvm_targets.store import schema
+from mvm_targets.store.codecs import codec_of_record
 from mvm_targets.store.damage import open_shard, read
 from mvm_targets.store.diskspace import is_out_of_space, raise_if_out_of_space
 from mvm_targets.store.layout import ClipCache
@@ -113,6 +115,7 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
     mine = [item for item in items if shard_of(item.key, config.num_shards) == config.shard_index]
     update_manifest(clip_cache.manifest_path, mine)
     stored = [t for t in _unique(targets) if t.spec.stored]
+    check_codecs(stored, config.sampling)
     sets = {schema.FRAMES_SET: clip_cache.frames} | {t.spec.target_id: clip_cache.target_set(t.spec.target_id)
                                                       for t in stored}
     ledger = Ledger(clip_cache.ledger_path)
@@ -154,6 +157,18 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
         writer.flush()  # on Ctrl-C too: clips already computed are committed, not lost
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_codecs(targets: Sequence[Target], sampling: SamplingConfig) -> None:
+    """Refuse, before anything is decoded, a storage codec that cannot hold a target's clips at this
+    T and S (store/codecs.py): one line naming the target."""
+    for target in targets:
+        spec = target.spec
+        codec = codec_of_record({"params": spec.params})
+        problem = codec.problem(spec.grid.value, spec.dtype, spec.stored) or \
+            codec.shape_problem(spec.grid.value, spec.clip_shape(sampling.num_frames, sampling.size))
+        if problem:
+            raise InputError(f"target '{spec.target_id}': codec '{codec.name}' {problem}")
 
 
 def _timed(stream: Iterator, stage: StageTime) -> Iterator:

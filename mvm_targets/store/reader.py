@@ -3,6 +3,8 @@
 Safe with DataLoader workers: the index (key -> shard, row) is built from short-lived handles
 before any fork, and HDF5 files are opened lazily, per process, on first access. A damaged shard
 (truncated, or a chunk failing its checksum) raises `DamagedShardError` naming the file and clip.
+A target stored with a codec other than the default (store/codecs.py) is decoded here: its values
+come back as float32 of the target's own shape.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import h5py
 import numpy as np
 
 from mvm_targets.store import schema
+from mvm_targets.store.codecs import Codec, codec_of_record
 from mvm_targets.store.damage import open_shard, read
 from mvm_targets.store.layout import DEFAULT_CACHE, ClipCache, open_clip_cache
 from mvm_targets.store.manifest import read_manifest
@@ -56,6 +59,7 @@ class CacheReader:
             else:
                 self._derived[ref] = _derived_spec(self.clip_cache, ref)
         self.target_refs = [ref for ref in sets if ref != "frames"]  # the refs read from shards
+        self._codecs = {ref: _stored_codec(self.clip_cache, sets[ref]) for ref in self.target_refs}
         self.derived_refs = list(self._derived)  # the refs made from the frames
         self._index = {name: _index_set(shard_set) for name, shard_set in sets.items()}
         self._sets = sets
@@ -94,6 +98,12 @@ class CacheReader:
             at = self._index[ref][key]
             target_handle = self._open(at.shard)
             clip[ref] = read(target_handle, schema.DATA, at.row, at.shard, key)
+            codec = self._codecs.get(ref)
+            if codec is not None:
+                codec_value, grid = codec
+                side = {name: read(target_handle, f"{schema.CODEC_GROUP}/{name}", at.row, at.shard, key)
+                        for name in target_handle.get(schema.CODEC_GROUP, {})}
+                clip[ref] = codec_value.decode(clip[ref], side, grid)
             for name in target_handle.get(schema.EXTRAS_GROUP, {}):
                 clip[f"{ref}/{name}"] = read(target_handle, f"{schema.EXTRAS_GROUP}/{name}", at.row, at.shard, key)
         return clip
@@ -131,6 +141,15 @@ def _derived_spec(clip_cache: ClipCache, ref: str) -> TargetSpec:
         clip_cache.resolve_target(ref)  # raises: no such cached set
         raise AssertionError(f"{ref} resolved after find_target found nothing")
     return spec
+
+
+def _stored_codec(clip_cache: ClipCache, shard_set: ShardSet) -> tuple[Codec, str] | None:
+    """(codec, grid) of a set whose values need decoding; None for the default codec (read as stored)."""
+    if not shard_set.shards():
+        return None  # an empty set holds no clip to decode
+    spec = clip_cache.stored_spec(shard_set, declarations=False)
+    codec = codec_of_record(spec.record)
+    return None if codec.is_default else (codec, spec.grid.value)
 
 
 def _index_set(shard_set: ShardSet) -> dict[str, _Location]:

@@ -31,6 +31,7 @@ FRAME_INDICES = "frame_indices"
 TIMESTAMPS = "timestamps"
 SOURCES = "sources"  # per-clip JSON: source path, size, rotation, frame count, duration
 EXTRAS_GROUP = "extras"  # per-clip side statistics of a target (e.g. flow max magnitude)
+CODEC_GROUP = "codec"  # per-clip side arrays of a storage codec (e.g. int8 scales); see store/codecs.py
 
 
 def frames_spec_json(num_frames: int, size: int) -> str:

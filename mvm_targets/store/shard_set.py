@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from mvm_targets.store import schema
+from mvm_targets.store.codecs import codec_of_attrs
 from mvm_targets.store.damage import open_shard, read
 from mvm_targets.store.diskspace import raise_if_out_of_space
 from mvm_targets.store.files import write_new_file
@@ -158,8 +159,11 @@ def shard_image(records: list[ClipRecord], attrs: dict[str, Any], compression: s
 
     Every per-clip dataset has the clip axis first and one clip per chunk; every dataset carries
     Fletcher-32 checksums. Keys and sources are fixed-length UTF-8 strings: variable-length
-    strings live in HDF5's global heap, which no checksum covers.
+    strings live in HDF5's global heap, which no checksum covers. `data` is stored with the codec
+    the stamped spec names (`attrs["target_spec"]`), its side arrays under `codec/` (store/codecs.py).
     """
+    codec, spec = codec_of_attrs(attrs)
+    encoded = [codec.encode(r.data, str(spec.get("grid", ""))) for r in records]
     with h5py.File(f"shard-image-{id(records)}", "w", driver="core", backing_store=False,
                    libver="latest") as handle:
         for name, value in attrs.items():
@@ -168,7 +172,9 @@ def shard_image(records: list[ClipRecord], attrs: dict[str, Any], compression: s
         handle.attrs["num_clips"] = len(records)
         _string_dataset(handle, schema.KEYS, [r.key for r in records])
         _string_dataset(handle, schema.SOURCES, [json.dumps(r.source, sort_keys=True) for r in records])
-        _per_clip_dataset(handle, schema.DATA, [r.data for r in records], compression)
+        _per_clip_dataset(handle, schema.DATA, [data for data, _ in encoded], compression)
+        for side in encoded[0][1]:
+            _per_clip_dataset(handle.require_group(schema.CODEC_GROUP), side, [e[1][side] for e in encoded], None)
         _per_clip_dataset(handle, schema.FRAME_INDICES, [r.frame_indices for r in records], None)
         _per_clip_dataset(handle, schema.TIMESTAMPS, [r.timestamps for r in records], None)
         for extra in records[0].extras:

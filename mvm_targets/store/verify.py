@@ -3,7 +3,8 @@
 Each problem is one line. Problems that `verify --repair` can fix also carry a `Finding`: a
 damaged shard (unreadable, truncated, a chunk failing its Fletcher-32 checksum, NaN/Inf values),
 clips the ledger calls done that no shard holds, committed clips the ledger does not record, and
-temporary files left by an interrupted write. Shards written before checksums were added are
+temporary files left by an interrupted write. A codec's side arrays (`codec/*`, e.g. int8 scales) are
+read and checked like every other dataset. Shards written before checksums were added are
 still read in full; a note says they carry none.
 """
 
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 
 from mvm_targets.store import schema
+from mvm_targets.store.codecs import CodecError, codec_of_record
 from mvm_targets.store.damage import DAMAGE_ERRORS, DamagedShardError, first_line, open_shard
 from mvm_targets.store.layout import ClipCache, dataset_caches, list_datasets
 from mvm_targets.store.ledger import Ledger, LedgerEntry
@@ -211,17 +213,34 @@ class _ShardCheck:
             return
         self._note_checksum(keys_dataset)
         spec = json.loads(handle.attrs["target_spec"])
+        try:
+            codec = codec_of_record(spec)
+        except CodecError as error:
+            self.problems.append(f"{self.path}: {error} (written by newer code?)")
+            return
         datasets = [self._dataset(handle, name) for name in
                     (schema.SOURCES, schema.DATA, schema.FRAME_INDICES, schema.TIMESTAMPS)]
-        if schema.EXTRAS_GROUP in handle:
-            datasets += [self._dataset(handle, f"{schema.EXTRAS_GROUP}/{name}") for name in handle[schema.EXTRAS_GROUP]]
+        for group in (schema.EXTRAS_GROUP, schema.CODEC_GROUP):
+            if group in handle:
+                datasets += [self._dataset(handle, f"{group}/{name}") for name in handle[group]]
         data = datasets[1]
         if data is not None:
-            expected = (len(self.keys), *spec["clip_shape"])
+            # as stored: a codec changes the dtype and, pooled, the shape (store/codecs.py)
+            grid = str(spec.get("grid", ""))
+            expected = (len(self.keys), *codec.stored_shape(grid, spec["clip_shape"]))
             if data.shape != expected:
                 self.problems.append(f"{self.path}: data shape {data.shape}, expected {expected}")
-            if data.dtype != np.dtype(spec["dtype"]):
-                self.problems.append(f"{self.path}: data dtype {data.dtype}, expected {spec['dtype']}")
+            dtype = codec.stored_dtype(spec["dtype"])
+            if data.dtype != np.dtype(dtype):
+                self.problems.append(f"{self.path}: data dtype {data.dtype}, expected {dtype}")
+            for name, shape in codec.side_shapes(grid, spec["clip_shape"]).items():
+                side = handle.get(f"{schema.CODEC_GROUP}/{name}")
+                if side is None:
+                    self.problems.append(f"{self.path}: codec '{codec.name}' needs /{schema.CODEC_GROUP}/{name}, "
+                                         "which is missing")
+                elif side.shape != (len(self.keys), *shape):
+                    self.problems.append(f"{self.path}: {schema.CODEC_GROUP}/{name} shape {side.shape}, "
+                                         f"expected {(len(self.keys), *shape)}")
         for dataset in datasets:
             if dataset is None:
                 continue

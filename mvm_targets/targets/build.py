@@ -4,7 +4,9 @@ A reference is `name[:variant]` (aliases allowed, a bare name meaning the defaul
 options for that target. `runtime` settings (device, weights, weights_dir, batch_size, ...) are the
 caller's: each goes only to the factories whose signature takes it, and None means "not given".
 Per-target `options` are keyed by target name (`{"flow": {"preset": "fast"}}`) and go to that
-target's factory as they are, so a wrong one is an error naming the target and the option.
+target's factory as they are, so a wrong one is an error naming the target and the option. One option
+is the store's, not the factory's: `codec` (`{"hog": {"codec": "int8"}}`) picks how the target's values
+are stored (mvm_targets/store/codecs.py, docs/method.md §8.1) and is recorded in its spec.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from mvm_targets.errors import MvmTargetsError
+from mvm_targets.store.codecs import CodecError, codec_named
 from mvm_targets.targets.registry import (build_target, canonical_name, factory_parameters, parse_target_ref,
                                           targets_for_all)
-from mvm_targets.targets.spec import Target
+from mvm_targets.targets.spec import Target, with_codec
+
+CODEC_OPTION = "codec"  # taken by every stored target, applied to its spec here rather than by its factory
 
 ALL = "all"  # the reference that means every target that did not opt out of it
 
@@ -70,14 +75,28 @@ def build_targets(refs: Sequence[str], runtime: Mapping[str, Any] | None = None,
         parsed = TargetRef.parse(ref, per_name.get(parse_target_ref(ref)[0]))
         accepted = factory_parameters(ref)
         kwargs = {k: v for k, v in runtime.items() if k in accepted}
-        kwargs.update(parsed.options)
+        options = dict(parsed.options)
+        codec = options.pop(CODEC_OPTION, None)
+        if codec is not None:
+            try:
+                codec_named(codec)  # a misspelt codec fails before a teacher is built
+            except CodecError as error:
+                raise TargetOptionError(f"target '{ref}': {error}") from None
+        kwargs.update(options)
         try:
-            targets.append(build_target(ref, **kwargs))
+            target = build_target(ref, **kwargs)
         except TypeError as error:  # an option the factory does not take
-            raise TargetOptionError(f"target '{ref}' does not accept option(s) {sorted(parsed.options)}: "
+            raise TargetOptionError(f"target '{ref}' does not accept option(s) {sorted(options)}: "
                                     f"{error}") from None
         except MvmTargetsError as error:
             if not skip:
                 raise
             on_unavailable(ref, error)  # type: ignore[misc]
+            continue
+        if codec is not None:
+            try:
+                target.spec = with_codec(target.spec, codec)
+            except ValueError as error:
+                raise TargetOptionError(str(error)) from None
+        targets.append(target)
     return targets

@@ -389,6 +389,13 @@ class StoredSpec:
         return f"{self.name}:{self.variant}"
 
     @property
+    def codec(self) -> str:
+        """The storage codec of the set (`params["codec"]`, absent: the default; docs/method.md §8.1)."""
+        from mvm_targets.store.codecs import codec_of_record
+
+        return codec_of_record(self.record or {"params": self.params}).name
+
+    @property
     def augmentation(self) -> Augmentation:
         """The declared flip and crop behaviour (`augmentation_for`)."""
         return augmentation_for(self.record)
@@ -410,6 +417,25 @@ class StoredSpec:
         if variant is not None:
             return variant == self.variant
         return self.default_variant is not False
+
+
+def with_codec(spec: TargetSpec, codec: str) -> TargetSpec:
+    """`spec` stored with the codec named `codec` (docs/method.md §8.1): the codec becomes
+    `params["codec"]`, so it is part of the target id, except the default codec, which leaves the params
+    (and the id) as they are. A codec that does not fit the target is a one-line ValueError."""
+    from mvm_targets.store.codecs import CODEC_PARAM, CodecError, codec_named
+
+    try:
+        chosen = codec_named(codec)
+    except CodecError as error:
+        raise ValueError(f"target '{spec.name}:{spec.variant}': {error}") from None
+    problem = chosen.problem(spec.grid.value, spec.dtype, spec.stored)
+    if problem:
+        raise ValueError(f"target '{spec.name}:{spec.variant}': codec '{chosen.name}' {problem}")
+    params = {k: v for k, v in spec.params.items() if k != CODEC_PARAM}
+    if not chosen.is_default:
+        params[CODEC_PARAM] = chosen.name
+    return dataclasses.replace(spec, params=params)
 
 
 def _declared_spec(name: str, variant: str, grid: str) -> "TargetSpec | None":
