@@ -118,6 +118,10 @@ def extract(
     size: Annotated[int, typer.Option(help="S: short side resized to S, centre crop S x S.")] = 224,
     device: Annotated[str, typer.Option(
         help="Device for model-based targets: auto (CUDA where present, else cpu), cpu, cuda or cuda:N.")] = "auto",
+    decoder: Annotated[str, typer.Option(
+        help="Video decoder: pyav, or torchcodec (optional: pip install 'mvm-targets[torchcodec]' and a system "
+        "FFmpeg; decodes on a CUDA --device where its build can). Same frames; pixels differ by colour rounding.")]
+    = "pyav",
     batch_size: Annotated[int, typer.Option(help="Clips per target computation.")] = 8,
     workers: Annotated[Optional[int], typer.Option(
         help="Decode worker processes (0: inline; default: 0 on CPU, cores - 1 on CUDA so the GPU never waits).")]
@@ -158,7 +162,7 @@ def extract(
     from mvm_targets.settings import compression_filter, setting_problem
     from mvm_targets.store.layout import ClipCache
     from mvm_targets.store.manifest import read_manifest
-    from mvm_targets.video.decode import SamplingConfig
+    from mvm_targets.video.decode import DECODERS, SamplingConfig
     from mvm_targets.video.inputs import check_default_dataset, default_dataset_name, discover_inputs
 
     if out.exists() and not out.is_dir():
@@ -176,6 +180,8 @@ def extract(
         problem = setting_problem(name, value)
         if problem:
             raise MvmTargetsError(f"--{name.replace('_', '-')} {problem}")
+    if decoder not in DECODERS:
+        raise MvmTargetsError(f"--decoder must be one of {', '.join(DECODERS)}, got '{decoder}'")
     dataset_name = dataset if dataset is not None else default_dataset_name(inputs)
     if launcher not in ("local", "slurm"):
         raise MvmTargetsError(f"--launcher must be local or slurm, got '{launcher}'")
@@ -195,12 +201,14 @@ def extract(
         device = str(resolve_device(device))
     except (ValueError, RuntimeError) as error:
         raise MvmTargetsError(f"--device {device}: {error}") from None
+    decode_device = _decode_device(decoder, device)  # before any teacher is built
     runtime = {"device": device, "weights": weights, "weights_dir": weights_dir, "allow_pickle": allow_pickle}
     targets = _build_targets(target, runtime, option or [])
     if workers is None:
         workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if device.startswith("cuda") else 0
     items = discover_inputs(inputs, root)
-    sampling = SamplingConfig(num_frames=frames, size=size, short_videos=short_videos)
+    sampling = SamplingConfig(num_frames=frames, size=size, short_videos=short_videos, decoder=decoder,
+                              decode_device=decode_device)
     if dataset is None:
         manifest = ClipCache(out / dataset_name / sampling.frames_id).manifest_path
         check_default_dataset(items, dataset_name, read_manifest(manifest))
@@ -211,7 +219,8 @@ def extract(
         retry_failed=retry_failed)
     typer.echo(f"dataset '{config.dataset}': {len(items)} videos; targets: "
                f"{', '.join(t.spec.target_id for t in targets)}; cache: {out / config.dataset / config.sampling.frames_id}"
-               + (f"; share {index}/{count}" if count > 1 else "") + f"; device: {device}")
+               + (f"; share {index}/{count}" if count > 1 else "") + f"; device: {device}"
+               + (f"; decoder: torchcodec ({decode_device})" if decoder == "torchcodec" else ""))
     summary = _with_progress(lambda progress: run_extract(items, targets, config, on_progress=progress,
                                                           on_estimate=typer.echo))
     raise_if_interrupted()  # a Ctrl-C swallowed after the last progress report
@@ -222,6 +231,25 @@ def extract(
                f"{f' ({failures})' if failures else ''}, skipped {summary.skipped}{earlier}; "
                f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f}s")
     typer.echo(format_stages(summary, workers))
+
+
+def _decode_device(decoder: str, device: str) -> str:
+    """Where `--decoder` reads pixels: torchcodec on the --device GPU where its build can, else the CPU.
+    A torchcodec that cannot run here is an error; one that cannot use the GPU falls back with a note."""
+    if decoder != "torchcodec":
+        return "cpu"
+    from mvm_targets.video.decode_torchcodec import INSTALL_HINT, cuda_decode_problem, torchcodec_problem
+
+    problem = torchcodec_problem()
+    if problem:
+        raise MvmTargetsError(f"--decoder torchcodec: torchcodec cannot be used here ({problem}); {INSTALL_HINT}")
+    if not device.startswith("cuda"):
+        return "cpu"
+    problem = cuda_decode_problem(device)
+    if problem:
+        typer.echo(f"--decoder torchcodec: cannot decode on {device} ({problem}); decoding on the CPU")
+        return "cpu"
+    return device
 
 
 def _submit_extract(array: Optional[int], dataset: str, folder: Optional[Path], partition: Optional[str],
