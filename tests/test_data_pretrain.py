@@ -19,6 +19,7 @@ from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
 from violet_core.config import ConfigError
 from violet_core.data.augment import crop_clip, hflip_clip, random_grid_crop, target_augmentation, temporal_window
+from violet_core.data.device_batch import to_device
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
 from violet_core.data.tokenizer import build_tokenizer, load_tokenizer
 from violet_core.target_info import TargetInfo, read_target_infos
@@ -159,20 +160,29 @@ def test_temporal_window_keeps_pairs_inside_the_window(store):
 def test_collated_batch_shapes_dtypes_and_normalisation(store):
     ds = dataset(store)
     batch = collate_pretrain([ds[i] for i in range(len(ds))])
-    assert batch["video"].shape == (4, 3, 3, 32, 32) and batch["video"].dtype == torch.float32
+    # on the way to the device: uint8 frames, float16 targets as cached, the pixel target as frames
+    assert batch["video"].shape == (4, 3, 32, 32, 3) and batch["video"].dtype == torch.uint8
     assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 32) and batch["text_ids"].dtype == torch.int64
     shapes = {ref: (tuple(t.shape), t.dtype) for ref, t in batch["targets"].items()}
+    assert shapes == {"pixel": ((4, 3, 3, 32, 32), torch.uint8), "hog": ((4, 3, 1, 32, 32), torch.float16),
+                      "hog:maskfeat": ((4, 3, 1, 432), torch.float16), "flow": ((4, 2, 2, 32, 32), torch.float16)}
+    assert batch["targets_as_input"] == ["pixel"]
+    assert batch["extras"]["flow/max_magnitude"].shape == (4, 2) and batch["keys"] == ds.keys
+    # on the device: what the step consumes
+    ready = to_device(batch, torch.device("cpu"))
+    assert ready["video"].shape == (4, 3, 3, 32, 32) and ready["video"].dtype == torch.float32
+    shapes = {ref: (tuple(t.shape), t.dtype) for ref, t in ready["targets"].items()}
     assert shapes == {"pixel": ((4, 3, 3, 32, 32), torch.float32), "hog": ((4, 3, 1, 32, 32), torch.float32),
                       "hog:maskfeat": ((4, 3, 1, 432), torch.float32), "flow": ((4, 2, 2, 32, 32), torch.float32)}
-    assert batch["extras"]["flow/max_magnitude"].shape == (4, 2) and batch["keys"] == ds.keys
-    assert torch.equal(batch["targets"]["pixel"], batch["video"])
+    assert torch.equal(ready["targets"]["pixel"], ready["video"]) and "targets_as_input" not in ready
     # The video is the drawn window/crop/flip of the stored frames, ImageNet-normalised.
     item, aug = ds[1], ds[1]["aug"]
     raw = store["reader"][ds.keys[1]]["frames"][aug["start"]:aug["start"] + 3, 32 * aug["top"]:32 * aug["top"] + 32,
                                                  32 * aug["left"]:32 * aug["left"] + 32]
     raw = raw[:, :, ::-1] if aug["flip"] else raw
+    assert np.array_equal(item["video"].numpy(), raw)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(item["video"].permute(0, 2, 3, 1).numpy(), (raw / 255.0 - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ready["video"][1].permute(0, 2, 3, 1).numpy(), (raw / 255.0 - mean) / std, atol=1e-5)
     caption = store["reader"].captions[ds.keys[1]][0]
     assert torch.equal(item["text_ids"], store["tokenizer"].encode([caption], 32)[0][0])
 
@@ -180,8 +190,8 @@ def test_collated_batch_shapes_dtypes_and_normalisation(store):
 def test_flip_through_the_dataset_moves_video_and_targets_together(store):
     plain, flipped = dataset(store, hflip_prob=0.0)[2], dataset(store, hflip_prob=1.0)[2]
     assert {**plain["aug"], "flip": 1} == flipped["aug"]  # the other draws do not depend on the flip's
-    assert torch.equal(flipped["video"], plain["video"].flip(-1))
-    assert torch.equal(flipped["targets"]["pixel"], flipped["video"])
+    assert torch.equal(flipped["video"], plain["video"].flip(-2))  # (T, S, S, 3): width is axis -2
+    assert torch.equal(flipped["targets"]["pixel"], flipped["video"].permute(0, 3, 1, 2))
     flow0, flow1 = plain["targets"]["flow"], flipped["targets"]["flow"]
     assert torch.equal(flow1[:, 0], -flow0[:, 0].flip(-1)) and torch.equal(flow1[:, 1], flow0[:, 1].flip(-1))
     # HOG is recomputed on the flipped window (whole frame), then cropped where the item's crop lies
@@ -220,7 +230,7 @@ def test_images_skip_targets_that_need_a_video_with_a_note(store, caplog):
     assert ds.skipped_refs == ["flow"] and "flow" in caplog.text and "images" in caplog.text
     batch = collate_pretrain([ds[0], ds[1]])
     assert sorted(batch["targets"]) == ["hog", "hog:maskfeat", "pixel"] and batch["extras"] == {}
-    assert batch["video"].shape == (2, 1, 3, 32, 32) and batch["targets"]["hog"].shape == (2, 1, 1, 32, 32)
+    assert batch["video"].shape == (2, 1, 32, 32, 3) and batch["targets"]["hog"].shape == (2, 1, 1, 32, 32)
 
 
 def test_clear_errors_for_impossible_requests(store):

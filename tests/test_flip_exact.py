@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from mvm_targets.extract import ExtractConfig, extract
@@ -29,7 +30,8 @@ from mvm_targets.video.inputs import discover_inputs
 from violet_core import train as train_module
 from violet_core.config import ConfigError
 from violet_core.data.augment import crop_clip, target_augmentation
-from violet_core.data.pretrain import PretrainDataset
+from violet_core.data.device_batch import to_device
+from violet_core.data.pretrain import PretrainDataset, collate_pretrain
 from violet_core.data.tokenizer import build_tokenizer
 from violet_core.target_info import read_target_infos
 
@@ -159,7 +161,7 @@ def test_flipped_and_cropped_hog_is_the_crop_of_the_hog_of_the_flipped_frames(pa
             # the item shows columns [left, left + n) of the clip, mirrored: in the mirrored frame those
             # are patch columns [3 - left - n, 3 - left)
             rows, cols = slice(32 * top, 32 * (top + n)), slice(32 * (3 - left - n), 32 * (3 - left))
-            assert np.array_equal(item["video"].numpy(), normalise(mirrored(frames)[:, rows, cols]))
+            assert np.array_equal(item["video"].numpy(), mirrored(frames)[:, rows, cols])  # uint8 (T, S, S, 3)
             paper = build_target("hog:paper").compute(mirrored(frames)[None])["data"][0][:, rows, cols]
             assert np.array_equal(item["targets"]["hog:paper"][:, 0].numpy(), paper.astype(np.float32))
             maskfeat = build_target("hog:maskfeat").compute(mirrored(frames)[None])["data"][0].reshape(T, 3, 3, -1)
@@ -214,7 +216,8 @@ def test_flipped_pixel_target_is_the_pixel_target_of_the_flipped_frames(hog_read
     assert np.array_equal(data, pixel.compute(mirrored(frames)[None])["data"][0]) and extras == {}
     item = make_dataset(hog_reader, ["pixel"])[0]
     want = normalise(mirrored(hog_reader[hog_reader.keys[0]]["frames"]))
-    np.testing.assert_allclose(item["targets"]["pixel"].numpy(), want, atol=1e-6)
+    ready = to_device(collate_pretrain([item]), torch.device("cpu"))  # normalised where training does it
+    np.testing.assert_allclose(ready["targets"]["pixel"][0].numpy(), want, atol=1e-6)
 
 
 def test_flow_flip_transform_is_the_motion_of_the_mirrored_pair():

@@ -30,6 +30,7 @@ from mvm_targets.targets.spec import Grid, TargetSpec
 from violet_core import train as train_module
 from violet_core.config import ConfigError, ModelConfig, config_from_dict, load_config
 from violet_core.data.augment import check_flips
+from violet_core.data.device_batch import to_device
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain
 from violet_core.data.tokenizer import build_tokenizer
 from violet_core.masking import MaskSampler
@@ -111,15 +112,18 @@ def test_online_and_cached_give_the_same_mvm_loss_on_an_unaugmented_batch(worksp
     online_set, online, tokenizer = online_dataset(workspace, refs, hflip_prob=0.0, random_crop=False)
     cached = cached_dataset(workspace, refs, tokenizer, hflip_prob=0.0, random_crop=False)
     assert [i.spec for i in online.infos] == [i.spec for i in cached.infos]  # the same heads
-    assert "frames" not in cached[0] and online_set[0]["frames"].shape == (T, S, S, 3)
-    cached_batch = collate_pretrain([cached[i] for i in range(4)])
-    online_batch = online.fill(collate_pretrain([online_set[i] for i in range(4)]))
-    assert online_batch["frames"].dtype == torch.uint8 and online_batch["frames"].shape == (4, T, S, S, 3)
+    assert "frames" not in online_set[0] and online_set[0]["video"].shape == (T, S, S, 3)
+    cpu = torch.device("cpu")
+    cached_batch = to_device(collate_pretrain([cached[i] for i in range(4)]), cpu)
+    filled = online.fill(collate_pretrain([online_set[i] for i in range(4)]))  # before normalisation
+    assert filled["video"].dtype == torch.uint8 and filled["video"].shape == (4, T, S, S, 3)
+    assert filled["targets_as_input"] == ["pixel"]
+    online_batch = to_device(filled, cpu)
 
     # independent oracles on the raw cached frames: skimage-equal hog is what extraction stored, and
     # the pixel target is the frames normalised by the ImageNet statistics
     raw = np.stack([CacheReader(workspace / "cache", "synthetic", ["hog"])[k]["hog"] for k in cached_batch["keys"]])
-    frames = online_batch["frames"].numpy().astype(np.float32) / 255.0
+    frames = filled["video"].numpy().astype(np.float32) / 255.0
     pixel = ((frames - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 1, 4, 2, 3)
     hog = online_batch["targets"]["hog"].numpy()
     assert hog.shape == (4, T, 1, S, S)
@@ -165,7 +169,7 @@ def test_an_online_target_whose_cached_form_refuses_flips_is_computed_on_the_fli
         # the oracle: the dataset's draw applied to the cached frames by hand, then the target computed anew
         clip = reader[item["key"]]["frames"][:, rows, cols]
         expected = target.compute(np.ascontiguousarray(np.flip(clip, axis=2))[None])
-        assert np.array_equal(batch["frames"][index].numpy(), np.flip(clip, axis=2))
+        assert np.array_equal(batch["video"][index].numpy(), np.flip(clip, axis=2))
         assert np.array_equal(batch["targets"][ROWS][index].numpy(), expected["data"][0].astype(np.float32))
         assert np.array_equal(batch["extras"][f"{ROWS}/level"][index].numpy(), expected["level"][0])
         mirrored = target.compute(np.ascontiguousarray(clip)[None])["data"][0][..., ::-1]

@@ -7,15 +7,23 @@ order, so a resumed stream continues with the very batch an uninterrupted one wo
 Nothing here draws from the global RNGs: a DataLoader iterator otherwise takes its worker base
 seed from the global torch generator, and a resumed run, which opens a fresh iterator mid-epoch,
 would then shift every later dropout and drop-path draw.
+
+One DataLoader serves the whole run: its batch sampler runs on from epoch to epoch, and each index
+travels with its epoch, so worker processes are started once and keep their open shard files
+(persistent workers), and the next epoch's first batches are read while this epoch ends. Batches
+come in pinned memory on CUDA, are copied one batch ahead (violet_core.data.device_batch) and are
+normalised on the device as they are handed over.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from violet_core.data.device_batch import DevicePrefetcher, normalize_batch
+from violet_core.data.device_batch import to_device as to_device  # the step's copy for callers that batch by hand
 from violet_core.distributed import Dist
 
 _EPOCH_STRIDE = 100_003  # seed * stride + epoch: distinct generator seeds for (seed, epoch) pairs
@@ -50,49 +58,100 @@ def batches_per_epoch(num_items: int, batch_size: int, dist: Dist) -> int:
     return count
 
 
-class BatchStream:
-    """Endless batches (moved to `device`) in the order of `epoch_batches`, resumable from `state_dict()`.
+class _EpochItems(Dataset):
+    """`items[(epoch, index)]`: item `index` of `dataset` as drawn for `epoch`. A worker keeps its copy
+    of the dataset for the whole run, so the epoch comes with each index instead of through `set_epoch`
+    in the main process."""
 
-    `position` counts the batches of the current epoch already handed out; prefetching workers may
-    have read further, but those batches were never used and are read again after a resume.
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class _Schedule:
+    """The loader's batch sampler: this rank's batches of (epoch, index) from `start` on, epoch after
+    epoch without end. `start` = (epoch, batches of it already used, its order) is set by the stream
+    before each iterator is made; no reference back to the stream, so no reference cycle keeps the
+    workers alive."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, dist: Dist) -> None:
+        self.num_items, self.batch_size, self.seed, self.dist = num_items, batch_size, seed, dist
+        self.start: tuple[int, int, list[int]] = (0, 0, [])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, position, order = self.start
+        while True:
+            for batch in rank_batches(order, self.batch_size, self.dist)[position:]:
+                yield [(epoch, index) for index in batch]
+            epoch, position = epoch + 1, 0
+            order = epoch_order(self.num_items, self.seed, epoch)
+
+
+class BatchStream:
+    """Endless batches on `device` in the order of `epoch_batches`, resumable from `state_dict()`.
+
+    Each batch is drawn from one run-long DataLoader (module docstring), copied to `device` one batch
+    ahead, given to `fill` while its video is still uint8 (online targets: `OnlineTargets.fill`) and
+    then normalised there (`normalize_batch`). `position` counts the batches of the current epoch
+    handed out; the loader's workers and the copy ahead may have read further, but those batches were
+    never used and are read again after a resume.
     """
 
     def __init__(self, dataset: Dataset, collate: Callable[[list], dict], batch_size: int, seed: int,
-                 dist: Dist, device: torch.device, num_workers: int = 0) -> None:
+                 dist: Dist, device: torch.device, num_workers: int = 0,
+                 fill: Callable[[dict], dict] | None = None) -> None:
         self.dataset, self.collate, self.batch_size, self.seed = dataset, collate, batch_size, seed
-        self.dist, self.device, self.num_workers = dist, device, num_workers
+        self.dist, self.device, self.num_workers, self.fill = dist, device, num_workers, fill
         self.num_items = len(dataset)
         self.per_epoch = batches_per_epoch(self.num_items, batch_size, dist)
         self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
-        self._iterator = None
+        self._schedule = _Schedule(self.num_items, batch_size, seed, dist)
+        self._loader: DataLoader | None = None
+        self._batches: DevicePrefetcher | None = None
 
     def __iter__(self) -> "BatchStream":
         return self
 
     def __next__(self) -> dict:
+        if self._batches is None:
+            self._batches = DevicePrefetcher(iter(self._data_loader()), self.device)
         if self.position >= self.per_epoch:
-            self.epoch, self.position, self._order, self._iterator = self.epoch + 1, 0, None, None
-        if self._iterator is None:
-            self._iterator = iter(self._loader())
-        batch = next(self._iterator)
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        batch = next(self._batches)
         self.position += 1
-        return to_device(batch, self.device)
+        if self.fill is not None:
+            batch = self.fill(batch)
+        return normalize_batch(batch)
 
-    def _loader(self) -> DataLoader:
+    def _data_loader(self) -> DataLoader:
+        """The run's loader, its sampler set to continue from (epoch, position)."""
+        self._schedule.start = (self.epoch, self.position, self._current_order())
+        if self._loader is None:
+            workers = self.num_workers
+            # its own generator: the worker base seed must not come from (and advance) the global one
+            self._loader = DataLoader(_EpochItems(self.dataset), batch_sampler=self._schedule, collate_fn=self.collate,
+                                      num_workers=workers, pin_memory=self.device.type == "cuda",
+                                      persistent_workers=workers > 0,
+                                      generator=torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE))
+        return self._loader
+
+    def _current_order(self) -> list[int]:
         if self._order is None:
             self._order = epoch_order(self.num_items, self.seed, self.epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)  # before the loader starts, so fresh workers inherit it
-        batches = rank_batches(self._order, self.batch_size, self.dist)[self.position:]
-        # its own generator: the worker base seed must not come from (and advance) the global one
-        generator = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.epoch)
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda", generator=generator)
+        return self._order
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: ints and this epoch's order as an int64 tensor (N,)."""
-        order = self._order if self._order is not None else epoch_order(self.num_items, self.seed, self.epoch)
+        order = self._current_order()
         return {"epoch": self.epoch, "position": self.position, "order": torch.tensor(order, dtype=torch.int64),
                 "num_items": self.num_items, "batch_size": self.batch_size, "world": self.dist.world}
 
@@ -107,12 +166,6 @@ class BatchStream:
         order = state["order"].tolist()
         if sorted(order) != list(range(self.num_items)):
             raise ValueError(f"the checkpoint's data order is not a permutation of {self.num_items} items")
-        self.epoch, self.position, self._order, self._iterator = int(state["epoch"]), int(state["position"]), order, None
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
+        # a fresh iterator of the same loader (the same workers) continues from there; batches read
+        # ahead of the old position are dropped
+        self.epoch, self.position, self._order, self._batches = int(state["epoch"]), int(state["position"]), order, None

@@ -4,11 +4,13 @@ A cached target is computed once, on the canonical centre frames, and then follo
 flip and crop by its declared rules (violet_core.data.augment). The official VIOLETv2 code runs its
 teachers inside the training step on the clip the student sees, so crops and flips are exact by
 construction. An online target does the same (docs/method.md §11): the dataset hands over the
-augmented frames, and `OnlineTargets.fill` runs each target's `compute` on them and writes the result
-into the batch exactly where and how the dataset puts a cached target:
+augmented clip as the uint8 video, and `OnlineTargets.fill` runs each target's `compute` on it, before
+the batch is normalised on the device, and writes the result into the batch exactly where and how the
+dataset puts a cached target:
 
-    batch["frames"]              (B, T, S, S, 3) uint8, the augmented clips (violet_core.data.pretrain)
+    batch["video"]               (B, T, S, S, 3) uint8, the augmented clips (violet_core.data.pretrain)
     batch["targets"][ref]        the target's training layout (`target_tensor`), B first
+    batch["targets_as_input"]    the refs among them that are normalised like the video (`normalize_as_input`)
     batch["extras"]["ref/name"]  each extra the target returns beside "data" (e.g. a per-pair statistic)
 
 The targets are built by the one builder of mvm_targets (`build_targets`), with the settings a grid's
@@ -19,13 +21,14 @@ target is the teacher that would have filled the cache. Nothing here depends on 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from mvm_targets.errors import MvmTargetsError
 from violet_core.config import ONLINE, ConfigError, MvmConfig
+from violet_core.data.device_batch import AS_INPUT
 from violet_core.data.pretrain import extra_tensor, target_tensor
 from violet_core.target_info import TargetInfo
 
@@ -79,26 +82,31 @@ class OnlineTargets:
 
     @torch.no_grad()
     def fill(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch with every online target computed from batch["frames"] (B, T, S, S, 3) uint8.
+        """The batch with every online target computed from batch["video"] (B, T, S, S, 3) uint8, on
+        the video's device; a batch not yet normalised (`BatchStream` fills it before it normalises).
 
         Each clip is computed on its own, so a clip's target never depends on which clips share its
         batch (nor on the batch size or the number of processes). A 1-frame batch leaves out the
         targets that need a video, as the dataset does for cached ones. Call it outside autocast: a
         teacher must run at its own precision, as it did for the cache.
         """
-        if "frames" not in batch:
-            raise ValueError("online MVM targets need the augmented frames in the batch (batch['frames']); "
-                             "build the PretrainDataset with the online TargetInfos")
-        frames = batch["frames"].cpu().numpy()
-        device = batch["video"].device
+        video = batch.get("video")
+        if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8 or video.ndim != 5 or video.shape[-1] != 3:
+            got = f"{tuple(video.shape)} {video.dtype}" if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"online MVM targets need the augmented clips as the batch's uint8 video (B, T, S, S, 3), "
+                             f"got {got}: fill the batch before it is normalised")
+        frames = video.cpu().numpy()
         targets, extras = dict(batch["targets"]), dict(batch["extras"])
+        as_input = list(batch.get(AS_INPUT, ()))
         for info in self.infos:
             if frames.shape[1] == 1 and info.needs_video:
                 continue
             data, named = self._compute(info, frames)
-            targets[info.ref] = data.to(device, non_blocking=True)
-            extras.update({name: value.to(device, non_blocking=True) for name, value in named.items()})
-        return {**batch, "targets": targets, "extras": extras}
+            targets[info.ref] = data.to(video.device, non_blocking=True)
+            extras.update({name: value.to(video.device, non_blocking=True) for name, value in named.items()})
+            if info.spec.normalize_as_input and info.ref not in as_input:
+                as_input.append(info.ref)
+        return {**batch, "targets": targets, "extras": extras, AS_INPUT: as_input}
 
     def _compute(self, info: TargetInfo, frames: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(B, T, S, S, 3) uint8 -> the batch's target tensor (B, ...) and its extras {"ref/name": (B, ...)}."""
@@ -117,25 +125,24 @@ class OnlineTargets:
                                                               if info.teacher_weights else ")") for info in self.infos)
 
 
-def with_online_targets(batches: Iterable[dict[str, Any]], online: OnlineTargets | None) -> Iterable[dict[str, Any]]:
-    """`batches` with the online targets filled in as each batch is drawn (unchanged without any).
+def online_fill(online: OnlineTargets | None) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What `BatchStream(fill=...)` applies to each batch as it is drawn (None without online targets).
 
     The loop draws a batch before it enters autocast, so the targets are computed at the teachers'
     own precision; the time they take is part of the logged step time.
     """
-    if online is None:
-        return batches
-    return map(online.fill, batches)
+    return None if online is None else online.fill
 
 
 def worker_fork_problem(infos: Iterable[TargetInfo], hflip_prob: float, num_workers: int) -> str | None:
     """Why this mix of online and cached targets cannot use DataLoader worker processes, or None.
 
     Online targets run in the main process, and a target's kernels may start an OpenMP runtime
-    there (numba's parallel kernels do). The loader forks fresh workers every epoch; a worker forked
-    from such a process aborts as soon as it runs OpenMP code itself, which a cached target that is
-    recomputed on flipped frames does inside the worker. Nothing short of running the kernels says
-    whether they use OpenMP, so the mix is refused before training rather than failing an epoch in.
+    there (numba's parallel kernels do). A worker forked from such a process aborts as soon as it
+    runs OpenMP code itself, which a cached target that is recomputed on flipped frames does inside
+    the worker. `BatchStream` forks its workers once, before it fills the first batch, but any later
+    fork (a second loader in the same process) would abort part-way, and nothing short of running the
+    kernels says whether they use OpenMP, so the mix is refused before training.
     """
     infos = list(infos)
     if num_workers <= 0 or hflip_prob <= 0 or not any(info.online for info in infos):

@@ -1,15 +1,19 @@
 """The pretraining Dataset: cached clips, augmented together with their MVM targets, plus a caption.
 
 One item, for T frames of S x S pixels and L text tokens (layout of targets: violet_core.target_info):
-    video      (T, 3, S, S) float32, ImageNet mean/std normalised (docs/method.md §1)
+    video      (T, S, S, 3) uint8, the augmented clip; the training device normalises the whole batch
+               (violet_core.data.device_batch, docs/method.md §1), and the training step computes
+               online targets from it (violet_core.online_targets, docs/method.md §11)
     text_ids   (L,) int64 "[CLS] ... [SEP] [PAD]...", text_mask (L,) int64
-    targets    ref -> tensor in the training layout (a target whose spec says `normalize_as_input`, such
-               as the frames themselves, normalised exactly as `video`)
+    targets    ref -> tensor in the training layout, floats as stored (float16 stays float16 until the
+               device); a target whose spec says `normalize_as_input` (such as the frames themselves)
+               stays uint8 and is listed under "targets_as_input", to be normalised exactly as `video`
+    targets_as_input  [ref, ...]
     extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
-    frames     (T, S, S, 3) uint8, the augmented clip, only when a target is online: the training step
-               computes those targets from it (violet_core.online_targets, docs/method.md §11)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
+With `cpu_normalize`, the item is normalised here instead, as it used to be: video (T, 3, S, S) float32,
+`normalize_as_input` targets float32 normalised, every float target float32, "targets_as_input" empty.
 Augmentation: a temporal window of T frames, a grid-aligned S-px crop and a horizontal flip. The
 item is the crop of the flipped window: a flip is applied to the whole window first (a target that
 is recomputed on flipped frames sees the whole frame, as the stored target did) and the crop is then
@@ -31,13 +35,14 @@ from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
 from violet_core.data.augment import check_crop_size, check_flips, crop_clip, hflip_clip, temporal_window
+from violet_core.data.device_batch import AS_INPUT
+from violet_core.data.device_batch import normalize_channels_first as _normalize_channels_first
+from violet_core.data.device_batch import normalize_video
 from violet_core.data.tokenizer import TextTokenizer
 from violet_core.target_info import PATCH_PX, TargetInfo
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Independent streams per decision, so that switching one augmentation off leaves the others' draws
 # unchanged.
 _WINDOW, _CROP, _FLIP, _CAPTION = range(4)
@@ -50,7 +55,7 @@ class PretrainDataset(Dataset):
         reader: a CacheReader loading every target in `infos` (those that are never stored are derived
             here from the augmented frames, by their module's `derive`).
         infos: the MVM targets, from `read_target_infos`, plus any online ones (`TargetInfo.online`):
-            those are neither read nor augmented here; the items then carry their augmented frames.
+            those are neither read nor augmented here; the training step computes them from `video`.
         tokenizer: the run's tokenizer.
         keys: the clips of this split (`split_keys`).
         num_frames: T per item, at most the cached T; 1 treats clips as images, for which targets
@@ -67,17 +72,20 @@ class PretrainDataset(Dataset):
         random_crop: random grid-aligned crop when S is below the cached size, else the centre crop.
         random_window: random temporal window when T is below the cached T, else the centre window.
         seed: base of every random draw.
+        cpu_normalize: normalise video and `normalize_as_input` targets here, in float32 (4x the bytes
+            of uint8 from here to the device); the values equal those the device computes. For
+            comparisons; training normalises on the device.
     """
 
     def __init__(self, reader: CacheReader, infos: list[TargetInfo], tokenizer: TextTokenizer, keys: list[str],
                  num_frames: int, size: int, max_text_len: int = 32, hflip_prob: float = 0.5,
                  random_crop: bool = True, random_window: bool = True, seed: int = 0,
-                 approximate_flips: bool = False) -> None:
+                 approximate_flips: bool = False, cpu_normalize: bool = False) -> None:
         self.reader, self.tokenizer = reader, tokenizer
         self.keys = list(keys)
         self.num_frames, self.size, self.max_text_len = num_frames, size, max_text_len
         self.hflip_prob, self.random_crop, self.random_window = hflip_prob, random_crop, random_window
-        self.approximate_flips = approximate_flips
+        self.approximate_flips, self.cpu_normalize = approximate_flips, cpu_normalize
         self.seed, self.epoch = seed, 0
         self.cached_frames, self.cached_size = cached_geometry(reader)
         self._check_args()
@@ -85,7 +93,7 @@ class PretrainDataset(Dataset):
         # item, once and for all, and said once.
         kept = [i for i in infos if not (num_frames == 1 and i.needs_video)]
         self.infos = [i for i in kept if not i.online]  # read from the cache and augmented here
-        self.online_infos = [i for i in kept if i.online]  # computed by the training step from "frames"
+        self.online_infos = [i for i in kept if i.online]  # computed by the training step from "video"
         self.skipped_refs = [i.ref for i in infos if num_frames == 1 and i.needs_video]
         if self.skipped_refs:
             logger.info("%s: 1-frame items (images); leaving out the targets that need a video: %s",
@@ -94,8 +102,8 @@ class PretrainDataset(Dataset):
         check_flips(self.infos, self.hflip_prob, self.approximate_flips)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draws for `epoch`. Call before the epoch's DataLoader iterator is created: persistent
-        workers keep the copy of the dataset they started with."""
+        """Draws for `epoch`. A worker process has its own copy of the dataset: `BatchStream` sends the
+        epoch with every index and sets it in the copy that builds the item."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -123,7 +131,8 @@ class PretrainDataset(Dataset):
             # columns [left, left + n) of the frame are columns [side - left - n, side - left) of its mirror
             clip = crop_clip(clip, stored, top, side - left - wanted if flip else left, wanted)
 
-        video = normalize_frames(clip["frames"])
+        frames = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
+        video = normalize_video(frames) if self.cpu_normalize else frames
         captions = clip["captions"]
         caption = captions[int(self._rng(index, _CAPTION).integers(len(captions)))]
         text_ids, text_mask = self.tokenizer.encode([caption], self.max_text_len)
@@ -131,14 +140,13 @@ class PretrainDataset(Dataset):
         targets, extras = {}, {}
         for info in self.infos:
             data = clip[info.ref] if info.stored else info.spec.derive(clip["frames"])
-            targets[info.ref] = target_tensor(info, data)
+            targets[info.ref] = target_tensor(info, data, self.cpu_normalize)
             prefix = f"{info.ref}/"
             extras.update({name: extra_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
-        item = {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
-                "extras": extras, "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
-        if self.online_infos:
-            item["frames"] = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
-        return item
+        as_input = [] if self.cpu_normalize else [i.ref for i in self.infos if i.spec.normalize_as_input]
+        return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
+                AS_INPUT: as_input, "extras": extras,
+                "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -181,46 +189,49 @@ class PretrainDataset(Dataset):
                              f"pretraining needs text for every clip")
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-
-
 def normalize_channels_first(values: np.ndarray) -> torch.Tensor:
-    """(T, 3, S, S) values in 0..255 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, as `normalize_frames`."""
-    video = torch.from_numpy(np.ascontiguousarray(values)).to(torch.float32) / 255.0
-    return ((video - _MEAN) / _STD).contiguous()
+    """(T, 3, S, S) values in 0..255 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, on the CPU: the
+    device's formula (violet_core.data.device_batch)."""
+    return _normalize_channels_first(torch.from_numpy(np.ascontiguousarray(values)))
 
 
 def normalize_frames(frames: np.ndarray) -> torch.Tensor:
-    """(T, S, S, 3) uint8 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, ImageNet statistics."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    return ((video - _MEAN) / _STD).contiguous()
+    """(T, S, S, 3) uint8 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, ImageNet statistics, on the CPU."""
+    return normalize_video(torch.from_numpy(np.ascontiguousarray(frames)))
 
 
-def target_tensor(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
-    """One clip's target values (as stored, or as its module computes them) -> its training tensor:
-    `normalize_channels_first` for a target whose spec says `normalize_as_input` (normalised like
-    the video input; a new tensor, as the trainer masks the video in place), else `training_layout`."""
-    return normalize_channels_first(data) if info.spec.normalize_as_input else training_layout(info, data)
+def target_tensor(info: TargetInfo, data: np.ndarray, cpu_normalize: bool = False) -> torch.Tensor:
+    """One clip's target values (as stored, or as its module computes them) -> its training tensor.
+
+    A target whose spec says `normalize_as_input` stays uint8 (T, 3, S, S), to be normalised like the
+    video on the device (a new tensor there, as the trainer masks the video in place); with
+    `cpu_normalize` it is normalised here. Any other target: `training_layout`.
+    """
+    if info.spec.normalize_as_input:
+        array = np.ascontiguousarray(data)
+        return normalize_channels_first(array) if cpu_normalize else torch.from_numpy(array)
+    return training_layout(info, data, widen=cpu_normalize)
 
 
-def training_layout(info: TargetInfo, data: np.ndarray) -> torch.Tensor:
+def training_layout(info: TargetInfo, data: np.ndarray, widen: bool = True) -> torch.Tensor:
     """One clip's stored target -> its training tensor (violet_core.target_info):
-    DENSE (T', C, S, S) float32 (C = 1 added when stored without a channel axis), PATCH (T, h*w, D)
-    float32, TOKEN and any "ce" target int64 ids."""
+    DENSE (T', C, S, S) float (C = 1 added when stored without a channel axis), PATCH (T, h*w, D)
+    float, TOKEN and any "ce" target int64 ids. Floats are float32, except that a float16 target stays
+    float16 unless `widen`: the device widens it (half the bytes on the way there, the same values)."""
     array = np.ascontiguousarray(data)
     if info.grid == "token" or info.loss == "ce":
         return torch.from_numpy(array.astype(np.int64))
-    tensor = torch.from_numpy(array.astype(np.float32))
+    keep = array.dtype == np.float16 and not widen
+    tensor = torch.from_numpy(array if keep else array.astype(np.float32))
     if info.grid == "dense" and tensor.ndim == 3:
         tensor = tensor.unsqueeze(1)
     return tensor
 
 
 def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch: video (B, T, 3, S, S), text_ids / text_mask (B, L), targets and
-    extras (B, ...) for the refs every item has (others are dropped), aug ints (B,), keys list, and
-    frames (B, T, S, S, 3) uint8 when the items carry them (online targets)."""
+    """Stack items into a batch: video (B, T, S, S, 3) uint8 (or (B, T, 3, S, S) float32 from
+    `cpu_normalize` items), text_ids / text_mask (B, L), targets and extras (B, ...) for the refs every
+    item has (others are dropped), targets_as_input (those of the kept targets), aug ints (B,), keys list."""
     if not items:
         raise ValueError("cannot collate an empty batch")
 
@@ -237,8 +248,7 @@ def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
         "aug": {n: torch.tensor([item["aug"][n] for item in items], dtype=torch.int64) for n in items[0]["aug"]},
         "keys": [item["key"] for item in items],
     }
-    if "frames" in items[0]:
-        batch["frames"] = torch.stack([item["frames"] for item in items])
+    batch[AS_INPUT] = [ref for ref in items[0].get(AS_INPUT, ()) if ref in batch["targets"]]
     return batch
 
 

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
-from violet_core.batching import BatchStream, to_device
+from violet_core.batching import BatchStream
 from violet_core.config import RunConfig
 from violet_core.data.augment import check_crop_size, crop_clip, temporal_window
-from violet_core.data.pretrain import normalize_frames
+from violet_core.data.device_batch import normalize_video, to_device
 from violet_core.data.tokenizer import TextTokenizer
 from violet_core.downstream.adapters import load_task_file
 from violet_core.downstream.metrics import (accuracy, chance_retrieval, mc_predictions, oe_accuracy,
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from violet_core.train import Run
 
 class ClipVideos:
-    """Normalised (T, 3, S, S) videos by key from the frame cache, with train-time jitter.
+    """(T, S, S, 3) uint8 videos by key from the frame cache, with train-time jitter; the device
+    normalises them (violet_core.data.device_batch, docs/method.md §1).
 
     `reader` should load frames only: downstream tasks never use the MVM targets.
     """
@@ -60,7 +61,7 @@ class ClipVideos:
         clip = temporal_window(clip, [], self.num_frames, start)
         if wanted != side:
             clip = crop_clip(clip, [], top, left, wanted)
-        return normalize_frames(clip["frames"])
+        return torch.from_numpy(np.ascontiguousarray(clip["frames"]))
 
 
 class _TaskDataset(Dataset):
@@ -166,7 +167,8 @@ def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.nd
     with autocast(run.device, run.config.precision):
         texts, keep = model.embed_text(ids.to(run.device)), mask.to(run.device)
         for start in range(0, len(test.videos), batch_size):
-            clip = torch.stack([videos(key) for key in test.videos[start:start + batch_size]]).to(run.device)
+            clip = torch.stack([videos(key) for key in test.videos[start:start + batch_size]])
+            clip = normalize_video(clip.to(run.device, non_blocking=True))
             video_tokens, grid = model.encode_video(clip)
             step = max(1, batch_size // len(clip))  # about batch_size fused pairs per pass
             for first in range(0, len(test.captions), step):
