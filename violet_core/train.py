@@ -40,7 +40,7 @@ from violet_core.loop import LoopState, NonFiniteLossError, run_steps
 from violet_core.masking import MaskSampler
 from violet_core.model import Violet, load_pretrained_parts
 from violet_core.objectives import PretrainObjective
-from violet_core.online_targets import OnlineTargets, sources, with_online_targets, worker_fork_problem
+from violet_core.online_targets import OnlineTargets, online_fill, sources, worker_fork_problem
 from violet_core.optim import build_optimizer, build_schedule
 from violet_core.provenance import software_versions
 from violet_core.run_dir import RunDir
@@ -141,7 +141,7 @@ class Run:
         trainable = self._wrap(objective)
         mask_rng = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
         batches = BatchStream(dataset, collate_pretrain, optim.batch_size, config.seed, self.dist, self.device,
-                              config.data.num_workers)
+                              config.data.num_workers, fill=online_fill(self.online))
         state = LoopState()
         if self.dir.checkpoint.exists():
             state = self._restore(optimizer, schedule, mask_rng, batches)
@@ -164,7 +164,7 @@ class Run:
 
         self.model.train()
         losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule,
-                           with_online_targets(batches, self.online), state,
+                           batches, state,
                            optim.steps, device=self.device, precision=config.precision, grad_clip=optim.grad_clip,
                            dist=self.dist, log=self.dir.log, log_every=config.pretrain.log_every,
                            checkpoint=checkpoint, checkpoint_every=config.pretrain.checkpoint_every)
