@@ -4,6 +4,9 @@ Anchor (same run, same file): open the file, and for each of the same T frames s
 decode up to it and convert it to RGB at native resolution. Ours additionally builds the packet
 index, resizes the short side to 224 and centre-crops. Goal: ours <= 1.2x the anchor.
 
+Where torchcodec can decode here, a third column times the same clip with `--decoder torchcodec`
+(the same plan, resize and crop; only the reading differs), as a ratio to ours with PyAV.
+
     python benchmarks/bench_decode.py [--seconds 60] [--frames 8] [--json out.json]
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -77,10 +81,31 @@ def main() -> None:
     anchor = best_of(lambda: anchor_seek_decode(path, pts_targets), args.repeats)
     result = {"video": f"{args.seconds}s 1280x720 30fps h264 (x264 ultrafast, default GOP)",
               "frames": args.frames, "ours_s": ours, "anchor_pyav_seek_decode_s": anchor, "ratio": ours / anchor,
-              "goal_ratio_max": 1.2}
+              "goal_ratio_max": 1.2, "decoder": config.describe()["decoder"]}
     print(f"sample {args.frames} frames of a {args.seconds}s 720p video: ours {ours * 1e3:.0f} ms, "
           f"PyAV seek-decode alone {anchor * 1e3:.0f} ms, ratio {ours / anchor:.2f} (goal <= 1.2)")
+    result.update(torchcodec_column(path, config, clip, ours, args.repeats))
     write_json(args.json, {"decode": result})
+
+
+def torchcodec_column(path: Path, config: SamplingConfig, pyav_clip, pyav_s: float, repeats: int) -> dict:
+    """The same clip decoded by torchcodec: its time, its ratio to PyAV's, and its pixel difference."""
+    from mvm_targets.video.decode_torchcodec import torchcodec_problem
+
+    problem = torchcodec_problem()
+    if problem:
+        print(f"torchcodec: not timed ({problem})")
+        return {"torchcodec_s": None, "torchcodec_skipped": problem}
+    torchcodec_config = replace(config, decoder="torchcodec")
+    clip = decode_clip("long", path, torchcodec_config)
+    assert clip.frame_indices.tolist() == pyav_clip.frame_indices.tolist(), "the decoders chose different frames"
+    difference = np.abs(clip.frames.astype(int) - pyav_clip.frames.astype(int))
+    seconds = best_of(lambda: decode_clip("long", path, torchcodec_config), repeats)
+    print(f"torchcodec (same plan, resize and crop): {seconds * 1e3:.0f} ms, {seconds / pyav_s:.2f}x ours with "
+          f"PyAV; pixels vs PyAV: mean |diff| {difference.mean():.2f}, max {difference.max()}")
+    return {"torchcodec_s": seconds, "torchcodec_vs_pyav": seconds / pyav_s,
+            "torchcodec_decoder": torchcodec_config.describe()["decoder"],
+            "torchcodec_mean_abs_diff": float(difference.mean()), "torchcodec_max_abs_diff": int(difference.max())}
 
 
 if __name__ == "__main__":
