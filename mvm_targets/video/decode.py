@@ -31,7 +31,8 @@ DECODERS = ("pyav", "torchcodec")
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How a video becomes a clip; hashed into the cache layout and stamped into every shard."""
+    """How a video becomes a clip; hashed into the cache layout (all but max_pixels and the decoder,
+    see config_hash) and stamped into every shard."""
 
     num_frames: int = 4  # T, as in the paper's pretraining
     size: int = 224  # S: short side resized to S, centre crop S x S
