@@ -232,8 +232,8 @@ def test_worker_stream_resumes_at_its_position_not_where_its_loader_read_to(spli
 # ---- a tiny run: the same numbers ----------------------------------------------------------------
 
 # metrics.jsonl of the run below (a subset of its fields), written by the trainer before the normalisation
-# moved to the device (the dataset normalised each item's video and pixel target to float32), on CPU-B of
-# docs/performance.md (Intel Xeon, 2 vCPUs), torch 2.13.0+cpu, one torch thread.
+# moved to the device (the dataset normalised each item's video and pixel target to float32), on a 2-vCPU
+# Intel Xeon virtual machine, torch 2.13.0+cpu, one torch thread.
 RECORDED = [
     {"phase": "pretrain", "step": 1, "loss": 11.287030220031738, "mlm": 5.337928771972656, "vtm": 4.047306537628174,
      "mvm_pixel": 0.873826265335083, "mvm_hog": 0.4753555655479431, "mvm_flow_dis": 0.5526143908500671,
