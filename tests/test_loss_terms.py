@@ -21,7 +21,9 @@ from mvm_targets.store.ledger import Ledger, LedgerEntry
 from mvm_targets.store.reader import CacheReader
 from mvm_targets.store.shard_set import ClipRecord
 from mvm_targets.targets.spec import Grid, StoredSpec, TargetSpec
-from violet_core.mvm import MvmObjective, build_head, target_loss, target_terms, total_loss
+from violet_core.heads import build_head
+from violet_core.losses import target_loss, target_terms, total_loss
+from violet_core.mvm import MvmObjective
 from violet_core.target_info import TargetInfo, read_target_infos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from violet_core.mvm import (DenseHead, FeatureHead, MvmObjective, TokenHead, VtmHead, build_head, mlm_loss,
-                             symmetric_contrastive_loss, target_loss, vtm_loss)
+from violet_core.heads import DenseHead, FeatureHead, TokenHead, VtmHead, build_head
+from violet_core.losses import mlm_loss, symmetric_contrastive_loss, target_loss, vtm_loss
+from violet_core.mvm import MvmObjective
 from violet_core.target_info import TargetInfo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -27,7 +27,7 @@ from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
 from violet_core.data.pretrain import PretrainDataset
 from violet_core.data.tokenizer import build_tokenizer
-from violet_core.mvm import target_loss
+from violet_core.losses import target_loss
 from violet_core.target_info import read_target_infos
 
 MOTION, GREY = "plugtest_motion", "plugtest_grey"

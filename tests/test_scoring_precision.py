@@ -11,9 +11,10 @@ from scipy.stats import rankdata
 
 from violet_core.config import ModelConfig
 from violet_core.downstream.metrics import retrieval_metrics, retrieval_ranks
+from violet_core.losses import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, vtm_loss
 from violet_core.masking import MaskSampler
 from violet_core.model import Violet
-from violet_core.mvm import MvmObjective, fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, vtm_loss
+from violet_core.mvm import MvmObjective
 from violet_core.objectives import (MultipleChoiceObjective, OpenEndedObjective, PretrainObjective,
                                     RetrievalObjective, pairwise_scores)
 from violet_core.target_info import TargetInfo

@@ -7,7 +7,7 @@
 
 Heads read the fused sequence: MLM over the text positions, the VTM/retrieval score at the first
 text token ([CLS]), and MVM heads at the video positions with the per-frame CLS dropped. The heads
-run in fp32 with autocast off (violet_core.mvm.full_precision), so scores and logits are float32.
+run in fp32 with autocast off (violet_core.losses.full_precision), so scores and logits are float32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from mvm_targets.backbones.video_swin import build_video_swin
 from mvm_targets.backbones.video_swin_weights import load_official_checkpoint, load_torchvision_state_dict
 from mvm_targets.teachers.weights import MissingWeightsError
 from violet_core.config import ModelConfig
-from violet_core.mvm import MvmObjective, VtmHead, full_precision
+from violet_core.heads import VtmHead
+from violet_core.losses import full_precision
+from violet_core.mvm import MvmObjective
 from violet_core.target_info import TargetInfo
 
 import_torchvision()  # transformers' modeling modules import torchvision; see mvm_targets._compat

@@ -1,7 +1,7 @@
 """Training objectives as modules, so DDP sees one forward per step (and syncs every head's grads).
 
 Each objective wraps the shared `Violet` model and returns a dict of named scalar losses with the
-total under "loss". Scores, logits and losses are float32 under any autocast (violet_core.mvm.full_precision).
+total under "loss". Scores, logits and losses are float32 under any autocast (violet_core.losses.full_precision).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from violet_core.losses import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, total_loss, vtm_loss
 from violet_core.masking import MaskSampler, apply_video_mask
 from violet_core.model import Violet
-from violet_core.mvm import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, total_loss, vtm_loss
 
 
 class PretrainObjective(nn.Module):
