@@ -85,10 +85,11 @@ class OnlineTargets:
         """The batch with every online target computed from batch["video"] (B, T, S, S, 3) uint8, on
         the video's device; a batch not yet normalised (`BatchStream` fills it before it normalises).
 
-        Each clip is computed on its own, so a clip's target never depends on which clips share its
-        batch (nor on the batch size or the number of processes). A 1-frame batch leaves out the
-        targets that need a video, as the dataset does for cached ones. Call it outside autocast: a
-        teacher must run at its own precision, as it did for the cache.
+        The whole batch goes through each target's `compute` in one call, as extraction computes a
+        batch of clips, so a teacher runs at the batch size the step runs at; targets are per clip by
+        contract (a clip's values do not depend on its batch-mates, up to floating-point rounding). A
+        1-frame batch leaves out the targets that need a video, as the dataset does for cached ones.
+        Call it outside autocast: a teacher must run at its own precision, as it did for the cache.
         """
         video = batch.get("video")
         if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8 or video.ndim != 5 or video.shape[-1] != 3:
@@ -110,14 +111,11 @@ class OnlineTargets:
 
     def _compute(self, info: TargetInfo, frames: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(B, T, S, S, 3) uint8 -> the batch's target tensor (B, ...) and its extras {"ref/name": (B, ...)}."""
-        target = self.targets[info.ref]
-        data, extras = [], {}
-        for clip in frames:
-            out = dict(target.compute(np.ascontiguousarray(clip[None])))
-            data.append(target_tensor(info, out.pop("data")[0]))
-            for name, value in out.items():
-                extras.setdefault(f"{info.ref}/{name}", []).append(extra_tensor(value[0]))
-        return torch.stack(data), {name: torch.stack(values) for name, values in extras.items()}
+        out = dict(self.targets[info.ref].compute(np.ascontiguousarray(frames)))
+        values = out.pop("data")
+        # per clip through the dataset's own conversions, so online and cached targets share one layout
+        data = torch.stack([target_tensor(info, clip) for clip in values])
+        return data, {f"{info.ref}/{name}": torch.stack([extra_tensor(v) for v in value]) for name, value in out.items()}
 
     def describe(self) -> str:
         """One line for the run log: each online target, its target id and its teacher weights if any."""
