@@ -11,6 +11,7 @@ from scipy.stats import rankdata
 
 from violet_core.config import ModelConfig
 from violet_core.downstream.metrics import retrieval_metrics, retrieval_ranks
+from violet_core.heads import mlm_logits, pair_score
 from violet_core.losses import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, vtm_loss
 from violet_core.masking import MaskSampler
 from violet_core.model import Violet
@@ -88,7 +89,7 @@ def fused_bf16(model: Violet, seed: int = 1) -> tuple[torch.Tensor, object]:
 def test_pair_score_is_fp32_under_bf16_autocast(model):
     fused, grid = fused_bf16(model)
     with bf16():
-        scores = model.pair_score(fused, grid)
+        scores = pair_score(model.vtm_head, fused, grid)
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores.double(), vtm_formula(model, fused[:, grid.tokens]), **TIGHT)
 
@@ -96,7 +97,7 @@ def test_pair_score_is_fp32_under_bf16_autocast(model):
 def test_mlm_logits_are_fp32_under_bf16_autocast(model):
     fused, grid = fused_bf16(model, 2)
     with bf16():
-        logits = model.mlm_logits(fused, grid)
+        logits = mlm_logits(model.mlm_head, fused, grid)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits.double(), mlm_formula(model, fused[:, grid.tokens:]), **TIGHT)
 

@@ -1,21 +1,27 @@
 """Heads on the fusion encoder's outputs (as the official VIOLETv2 code): one MVM head per target,
 and the small VTM head that scores a video-text pair.
 
-MVM heads read the fusion outputs at the video positions with the per-frame CLS dropped, shaped
-`(B, T, h, w, H)`. Each target's head is chosen from its `TargetInfo` (grid, width, pair-ness) and
+The model (violet_core.model) holds the heads' parameters; the functions here read the fused sequence
+with them, in fp32. MVM heads read the fusion outputs at the video positions with the per-frame CLS
+dropped, shaped `(B, T, h, w, H)`. Each target's head is chosen from its `TargetInfo` (grid, width, pair-ness) and
 never from its name, so the released code's shared-head bug (sif + tvf overwriting one `fc_mvm`)
 cannot happen. The losses on their outputs are in violet_core.losses.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mvm_targets.targets.spec import REGRESSION_LOSSES, TOKEN_PX  # one DALL-E token per 8 x 8 pixels
-from violet_core.losses import is_classification
+from violet_core.losses import full_precision, is_classification
 from violet_core.target_info import DEFAULT_VOCAB, PATCH_PX, TargetInfo
+
+if TYPE_CHECKING:  # the model imports its heads from here
+    from violet_core.model import VideoGrid
 
 
 class DenseHead(nn.Module):
@@ -87,6 +93,22 @@ class VtmHead(nn.Module):
         """(..., H) -> (..., 1) scores; the trailing axis is kept, as Linear(2H, 1), so callers'
         `squeeze(-1)` never collapses a batch of one."""
         return self.mlp(cls)
+
+
+def pair_score(head: VtmHead, fused: torch.Tensor, grid: VideoGrid) -> torch.Tensor:
+    """(B, Lv + L, H) -> (B,) float32 video-text match score from the first text token ([CLS]).
+
+    fp32 under any autocast: retrieval ranks and QA choices compare these scores, and bf16 has
+    8 significant bits, which turns close scores into ties.
+    """
+    with full_precision(fused.device):
+        return head(fused[:, grid.tokens].float()).squeeze(-1)
+
+
+def mlm_logits(head: nn.Module, fused: torch.Tensor, grid: VideoGrid) -> torch.Tensor:
+    """(B, Lv + L, H) -> (B, L, V) float32 under any autocast (MLM loss, open-ended QA answers)."""
+    with full_precision(fused.device):
+        return head(fused[:, grid.tokens:].float())
 
 
 def _vocab(info: TargetInfo) -> int:

@@ -5,9 +5,10 @@
     text ids (B, L) --BERT embeddings--> text tokens (B, L, H)
     [video tokens ; text tokens] --BERT encoder (full attention)--> fused (B, T*(1+h*w)+L, H)
 
-Heads read the fused sequence: MLM over the text positions, the VTM/retrieval score at the first
-text token ([CLS]), and MVM heads at the video positions with the per-frame CLS dropped. The heads
-run in fp32 with autocast off (violet_core.losses.full_precision), so scores and logits are float32.
+This module encodes and fuses, nothing else. The model holds its heads' parameters (`mlm_head`,
+`vtm_head`, `mvm.heads.<key>`: the checkpoint layout) but never applies them: violet_core.heads reads
+the fused sequence with them (MLM over the text positions, the VTM/retrieval score at the first text
+token ([CLS]), MVM at the video positions with the per-frame CLS dropped), in fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from mvm_targets.backbones.video_swin_weights import load_official_checkpoint, l
 from mvm_targets.teachers.weights import MissingWeightsError
 from violet_core.config import ModelConfig
 from violet_core.heads import VtmHead
-from violet_core.losses import full_precision
 from violet_core.mvm import MvmObjective
 from violet_core.target_info import TargetInfo
 
@@ -85,9 +85,11 @@ class VideoEncoder(nn.Module):
 
 
 class Violet(nn.Module):
-    """The VIOLET model with its pretraining heads.
+    """The VIOLET model: video encoder and fusion encoder, plus the parameters of the heads.
 
-    `infos` lists the MVM targets; each gets its own head inside `self.mvm` (none when empty).
+    `infos` lists the MVM targets; each gets its own head inside `self.mvm` (none when empty). The
+    heads are built here, after the encoders, so that their place in the state dict and in the
+    initialisation's draws from the global RNG stays fixed.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, max_text_len: int, infos: list[TargetInfo] = (),
@@ -126,20 +128,6 @@ class Violet(nn.Module):
         additive = (1.0 - keep[:, None, None, :].to(video_tokens.dtype)) * torch.finfo(video_tokens.dtype).min
         sequence = torch.cat([video_tokens, text_tokens], dim=1)
         return self.bert.encoder(sequence, attention_mask=additive).last_hidden_state
-
-    def pair_score(self, fused: Tensor, grid: VideoGrid) -> Tensor:
-        """(B, Lv + L, H) -> (B,) float32 video-text match score from the first text token ([CLS]).
-
-        fp32 under any autocast: retrieval ranks and QA choices compare these scores, and bf16 has
-        8 significant bits, which turns close scores into ties.
-        """
-        with full_precision(fused.device):
-            return self.vtm_head(fused[:, grid.tokens].float()).squeeze(-1)
-
-    def mlm_logits(self, fused: Tensor, grid: VideoGrid) -> Tensor:
-        """(B, Lv + L, H) -> (B, L, V) float32 under any autocast (MLM loss, open-ended QA answers)."""
-        with full_precision(fused.device):
-            return self.mlm_head(fused[:, grid.tokens:].float())
 
     @staticmethod
     def video_features(fused: Tensor, grid: VideoGrid) -> Tensor:

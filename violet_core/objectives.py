@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from violet_core.heads import mlm_logits, pair_score
 from violet_core.losses import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, total_loss, vtm_loss
 from violet_core.masking import MaskSampler, apply_video_mask
 from violet_core.model import Violet
@@ -52,15 +53,15 @@ class PretrainObjective(nn.Module):
         video_tokens, grid = self.model.encode_video(apply_video_mask(video, video_mask) if mask_video else video)
         text_tokens = self.model.embed_text(masked_ids)
         fused = self.model.fuse(video_tokens, text_tokens, keep)
-        losses = {"mlm": mlm_loss(self.model.mlm_logits(fused, grid), labels)}
+        losses = {"mlm": mlm_loss(mlm_logits(self.model.mlm_head, fused, grid), labels)}
 
         options = min(batch_size, 1 + self.negatives)
         if options > 1:
-            scores = [self.model.pair_score(fused, grid)]
+            scores = [pair_score(self.model.vtm_head, fused, grid)]
             for shift in _negative_shifts(batch_size, options - 1, generator):
                 order = (torch.arange(batch_size) + shift) % batch_size
                 negative = self.model.fuse(video_tokens, text_tokens[order.to(ids.device)], keep[order.to(ids.device)])
-                scores.append(self.model.pair_score(negative, grid))
+                scores.append(pair_score(self.model.vtm_head, negative, grid))
             losses["vtm"] = vtm_loss(torch.stack(scores, dim=1), self.temperature)
 
         if self.model.mvm is not None:
@@ -103,7 +104,7 @@ def pairwise_scores(model: Violet, video_tokens: Tensor, grid, text_tokens: Tens
     videos = video_tokens.repeat(n_text, 1, 1)  # text-major: row i*n_video + j = (text i, video j)
     texts = text_tokens.repeat_interleave(n_video, dim=0)
     keep = text_keep.repeat_interleave(n_video, dim=0)
-    return model.pair_score(model.fuse(videos, texts, keep), grid).reshape(n_text, n_video)
+    return pair_score(model.vtm_head, model.fuse(videos, texts, keep), grid).reshape(n_text, n_video)
 
 
 class MultipleChoiceObjective(nn.Module):
@@ -120,7 +121,7 @@ class MultipleChoiceObjective(nn.Module):
         texts = self.model.embed_text(batch["option_ids"].reshape(batch_size * options, length))
         fused = self.model.fuse(video_tokens.repeat_interleave(options, dim=0), texts,
                                 batch["option_mask"].reshape(batch_size * options, length))
-        return self.model.pair_score(fused, grid).reshape(batch_size, options)
+        return pair_score(self.model.vtm_head, fused, grid).reshape(batch_size, options)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         loss = fp32_cross_entropy(self.option_scores(batch), batch["answer"])
@@ -137,7 +138,7 @@ class OpenEndedObjective(nn.Module):
     def answer_logits(self, batch: dict) -> Tensor:
         """-> (B, V) float32 logits at each sample's [MASK] position (batch["mask_position"], (B,))."""
         fused, grid = self.model(batch["video"], batch["text_ids"], batch["text_mask"])
-        logits = self.model.mlm_logits(fused, grid)
+        logits = mlm_logits(self.model.mlm_head, fused, grid)
         return logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_position"]]
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
