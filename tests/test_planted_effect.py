@@ -18,7 +18,7 @@ and the planted target lowered retrieval; the L2 minimiser is the conditional pr
 the encoder can only approach by representing the colours (docs/performance.md).
 
 The end-to-end check trains twelve tiny runs on the demo's data (400 clips, objects at twice the
-default size), two at a time: about 11 minutes on 2 CPU cores, so it runs only with MVM_PLANTED=1.
+default size), two at a time: 10 to 20 minutes on 2 CPU cores, so it runs only with MVM_PLANTED=1.
 The metric is AveR, the mean of R@1/5/10 and the paper's headline retrieval number.
 """
 
@@ -58,7 +58,7 @@ def test_palette_target_marks_the_colours_of_the_clip_everywhere():
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not os.environ.get("MVM_PLANTED"), reason="~11 min of training; set MVM_PLANTED=1 to run it")
+@pytest.mark.skipif(not os.environ.get("MVM_PLANTED"), reason="12 tiny training runs; set MVM_PLANTED=1 to run it")
 def test_planted_target_shows_a_positive_delta_with_separated_error_bars(tmp_path):
     build_synthetic_dataset(tmp_path / "data", clips=CLIPS, seed=0, object_scale=OBJECT_SCALE)  # the demo's data
     items = discover_inputs([tmp_path / "data" / "captions.csv"])
