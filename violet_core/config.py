@@ -83,11 +83,11 @@ class MaskConfig:
 @dataclass(frozen=True)
 class OnlineTeachersConfig:
     """How the targets of `mvm.source: online` are built, with the names a grid's cache section uses
-    for extraction (ablations/prepare.py): the same settings give the same teacher either way."""
+    for extraction (ablations/prepare.py): the same settings give the same teacher either way. Their
+    per-target options are `mvm.options`, shared with cached targets."""
 
     weights: str = "pretrained"  # pretrained (local files) | random (smoke tests)
     weights_dir: str | None = None  # folder of teacher weights; None: $MVM_WEIGHTS
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target name, e.g. {flow: {preset: fast}}
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,21 @@ class MvmConfig:
     # clip, as the official code does. A mapping {ref: cached|online} sets it per target (unlisted: cached).
     source: str | dict[str, str] = "cached"
     online: OnlineTeachersConfig = field(default_factory=OnlineTeachersConfig)
+    # per-target options, keyed by a ref of `targets` or its target name: {hog: {codec: int8}}. For a cached
+    # target they pick the cached set those options wrote (the storage codec, or a factory option such as
+    # {flow: {preset: fast}}); an online target is built with them (docs/method.md §8.1, §11)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     normalization: str = "mean"  # "mean" per element, or "paper" for the official scaling (docs/method.md §5)
     weight: float = 1.0
     # official pair rule: drop a flow pair whose largest absolute component max(|u|, |v|) over its pixels
     # reaches this many px (not the Euclidean |(u, v)|); null keeps all pairs
     flow_max_magnitude: float | None = 50.0
+
+    def options_of(self, ref: str) -> dict[str, Any] | None:
+        """The options `options` gives target `ref` (keyed by the ref, else by its name); None when none."""
+        from mvm_targets.store.selection import options_for
+
+        return options_for(self.options, ref)
 
     def source_of(self, ref: str) -> str:
         """"cached" or "online": where target `ref` comes from in this run."""
@@ -243,6 +253,10 @@ def target_source(source: str | Mapping[str, str], ref: str) -> str:
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    online = (raw.get("mvm") or {}).get("online") if isinstance(raw.get("mvm"), dict) else None
+    if isinstance(online, dict) and "options" in online:
+        raise ConfigError("'mvm.online.options': per-target options are 'mvm.options', shared by cached and "
+                          "online targets (e.g. mvm.options: {<name>: {<key>: value}})")
     config = _build(RunConfig, raw, "")
     validate(config)
     return config
@@ -277,6 +291,7 @@ def validate(config: RunConfig) -> None:
          f"'{config.mvm.normalization}' is not mean or paper")
     need(len(set(config.mvm.targets)) == len(config.mvm.targets), "mvm.targets", "lists a target twice")
     _check_mvm_source(config.mvm, need)
+    _check_mvm_options(config.mvm, need)
     need(config.model.hidden % config.model.heads == 0, "model.hidden",
          f"{config.model.hidden} is not divisible by model.heads={config.model.heads}")
     need(config.data.num_frames <= config.model.max_frames, "data.num_frames",
@@ -313,6 +328,20 @@ def _check_mvm_source(mvm: MvmConfig, need: Any) -> None:
             need(source in MVM_SOURCES, "mvm.source", f"{ref}: '{source}' is not {choices}")
     problem = setting_problem("weights", mvm.online.weights)
     need(problem is None, "mvm.online.weights", str(problem))
+
+
+def _check_mvm_options(mvm: MvmConfig, need: Any) -> None:
+    """Every key of mvm.options names a ref of mvm.targets or its target name, and an online target takes
+    no storage codec (it is never stored)."""
+    from mvm_targets.store.selection import CODEC_OPTION, options_for
+
+    for key in mvm.options:
+        need(any(options_for({key: {}}, ref) is not None for ref in mvm.targets), "mvm.options",
+             f"'{key}' is not among mvm.targets {list(mvm.targets)} (name a target or its reference)")
+    for ref in mvm.online_targets:
+        own = mvm.options_of(ref) or {}
+        need(CODEC_OPTION not in own, "mvm.options",
+             f"{ref}: '{CODEC_OPTION}' is how a cached target is stored, but {ref} is computed online (mvm.source)")
 
 
 def field_paths(cls: type = RunConfig, prefix: str = "") -> list[str]:

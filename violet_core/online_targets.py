@@ -14,8 +14,8 @@ dataset puts a cached target:
     batch["extras"]["ref/name"]  each extra the target returns beside "data" (e.g. a per-pair statistic)
 
 The targets are built by the one builder of mvm_targets (`build_targets`), with the settings a grid's
-cache section uses for extraction (device, weights, weights_dir, per-target options), so an online
-target is the teacher that would have filled the cache. Nothing here depends on which target it is.
+cache section uses for extraction (device, weights, weights_dir) and the run's per-target `mvm.options`,
+so an online target is the teacher that would have filled the cache. Nothing here depends on which target it is.
 """
 
 from __future__ import annotations
@@ -39,24 +39,30 @@ class OnlineTargets:
     Args:
         refs: the online target references, in the order of `mvm.targets`.
         runtime: settings passed to every factory that accepts them (device, weights, weights_dir).
-        options: per-target options keyed by target name, e.g. {"<name>": {"<key>": value}}.
+        options: per-target options keyed by reference or target name, e.g. {"<name>": {"<key>": value}}
+            (`mvm.options`; an entry keyed by the reference wins over one keyed by its name).
         num_frames, size: the cached clips' T and S. Each info's spec is the built target's spec at
             that geometry, the spec the target's shard set would carry had it been extracted, so the
             heads are those of the cached run.
     Raises:
-        ConfigError: a target's factory does not take an option of `mvm.online.options`.
+        ConfigError: a target's factory does not take an option of `mvm.options`.
         MvmTargetsError: an unknown target, or one that cannot be built here (e.g. missing weights).
     """
 
     def __init__(self, refs: Sequence[str], runtime: Mapping[str, Any], options: Mapping[str, Mapping[str, Any]],
                  num_frames: int, size: int) -> None:
+        from mvm_targets.store.selection import options_for
         from mvm_targets.targets.build import TargetOptionError, build_targets
+        from mvm_targets.targets.registry import parse_target_ref
 
-        try:
-            built = build_targets(list(refs), runtime, options)
-        except TargetOptionError as error:
-            raise ConfigError(f"'mvm.online.options': {error}") from None
-        self.targets = dict(zip(refs, built))
+        self.targets: dict[str, Any] = {}
+        for ref in refs:  # one at a time: two refs of one target may take different options
+            own = options_for(options, ref)
+            try:
+                per_name = {parse_target_ref(ref)[0]: own} if own else None
+                (self.targets[ref],) = build_targets([ref], runtime, per_name)
+            except TargetOptionError as error:
+                raise ConfigError(f"'mvm.options': {error}") from None
         # teacher_weights as extraction stamps it into a shard set: "random" marks smoke-test teachers
         self.infos = [TargetInfo(ref, target.spec.stored_spec(num_frames, size),
                                  teacher_weights=str(target.spec.params.get("weights", "") or ""), source=ONLINE)
@@ -72,7 +78,7 @@ class OnlineTargets:
         runtime = {"device": str(device), "weights": settings.weights,
                    "weights_dir": Path(settings.weights_dir) if settings.weights_dir else None}
         try:
-            return cls(mvm.online_targets, runtime, settings.options, num_frames, size)
+            return cls(mvm.online_targets, runtime, mvm.options, num_frames, size)
         except MvmTargetsError as error:
             raise MvmTargetsError(f"mvm.source: online target: {error}") from None
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from mvm_targets.errors import InputError
 from mvm_targets.store import schema
+from mvm_targets.store.codecs import DEFAULT_CODEC
 from mvm_targets.store.damage import open_shard
+from mvm_targets.store.selection import describe_options, option_match, options_for
 from mvm_targets.store.shard_set import ShardSet
 from mvm_targets.targets.registry import ALIASES  # a constant: importing it loads no target module
 from mvm_targets.targets.spec import StoredSpec, split_ref
@@ -58,24 +61,39 @@ class ClipCache:
         record = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         return StoredSpec.from_record(record, declarations=declarations)
 
-    def resolve_target(self, ref: str) -> ShardSet:
+    def resolve_target(self, ref: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> ShardSet:
         """A set by exact id (`hog-paper-1a2b3c4d`) or by `name[:variant]`, as `extract` accepts it.
 
         Resolved from the specs stamped into the shards, without importing any target module: a bare
         name means the set whose record says it is its target's default variant (`hog` is `hog:paper`);
         in caches written before records said so, a bare name matching exactly one set is that set.
+        `options` are a run's per-target options (`find_target`).
         """
-        match = self.find_target(ref)
+        match = self.find_target(ref, options)
         if match is None:
             available = ", ".join(s.set_id for s in self.target_sets()) or "none"
-            raise InputError(f"{self.root}: no cached target '{ref}' (cached targets: {available})")
+            own = options_for(options, ref)
+            asked = f" with {describe_options(own)}" if own is not None else ""
+            raise InputError(f"{self.root}: no cached target '{ref}'{asked} (cached targets: {available})")
         return match
 
-    def find_target(self, ref: str) -> ShardSet | None:
-        """`resolve_target`, but None when nothing cached matches `ref` (several matches still raise)."""
+    def find_target(self, ref: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> ShardSet | None:
+        """`resolve_target`, but None when nothing cached matches `ref` (several matches still raise).
+
+        `options`: a run's per-target options, keyed by reference or target name (store/selection.py).
+        None resolves the reference alone. With a mapping, an entry that applies to `ref` (even an empty
+        one, which means the default options) keeps only the sets those options would have written
+        (`OptionMatch`); a reference with no entry keeps every set it names, and when that is several,
+        prefers the ones stored with the default codec, as a bare name prefers the default variant. Only
+        an entry with options other than the codec imports the target's module (to build its spec
+        without weights).
+        """
         sets = self.target_sets()
+        own = options_for(options, ref)
         exact = [s for s in sets if s.set_id == ref]
         if exact:
+            if own is not None and not self._selects(exact[0], own):
+                raise InputError(f"{self.root}: cached set '{ref}' was not written with {describe_options(own)}")
             return exact[0]
         name, variant = split_ref(ref)
         name = ALIASES.get(name, name)
@@ -94,12 +112,23 @@ class ClipCache:
             unflagged = [c for c in candidates if c[1].default_variant is None]
             candidates = flagged or (unflagged if len(unflagged) == 1 else
                                      [c for c in candidates if c[1].default_variant is not False])
+        asked = ""
+        if own is not None:
+            matches = {spec.variant: option_match(spec.name, spec.variant, own) for _, spec in candidates}
+            candidates = [c for c in candidates if matches[c[1].variant].accepts(c[1])]
+            asked = f" with {describe_options(own)}"
+        elif options is not None and len(candidates) > 1:
+            candidates = [c for c in candidates if c[1].codec == DEFAULT_CODEC] or candidates
         if not candidates:
             return None
         if len(candidates) == 1:
             return candidates[0][0]
-        raise InputError(f"{self.root}: '{ref}' matches several configurations; pick one of: "
+        raise InputError(f"{self.root}: '{ref}'{asked} matches several configurations; pick one of: "
                          f"{', '.join(s.set_id for s, _ in candidates)}")
+
+    def _selects(self, shard_set: ShardSet, options: Mapping[str, Any]) -> bool:
+        spec = self.stored_spec(shard_set, declarations=False)
+        return option_match(spec.name, spec.variant, options).accepts(spec)
 
 
 def dataset_caches(cache_root: Path, dataset: str) -> list[ClipCache]:

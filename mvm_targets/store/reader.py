@@ -13,16 +13,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from mvm_targets.errors import InputError
 from mvm_targets.store import schema
 from mvm_targets.store.codecs import Codec, codec_of_record
 from mvm_targets.store.damage import open_shard, read
 from mvm_targets.store.layout import DEFAULT_CACHE, ClipCache, open_clip_cache
 from mvm_targets.store.manifest import read_manifest
+from mvm_targets.store.selection import describe_options, options_for
 from mvm_targets.store.shard_set import ShardSet
 from mvm_targets.targets.spec import StoredSpec, TargetSpec
 
@@ -44,20 +46,25 @@ class CacheReader:
             target whose module declares it is not stored (`stored=False`): its data is then derived
             from the clip's frames by the module's `derive` function.
         frames_id: which sampling configuration, when the dataset has several.
+        options: the run's per-target options, keyed by reference or target name (e.g. {"<name>":
+            {"codec": "int8"}}), which pick among several cached sets of one reference the one they
+            would have written (`ClipCache.find_target`, store/selection.py); None resolves the
+            references alone. A target derived from the frames takes no options.
     Only keys present in the frames and in every requested stored target are listed in `keys`.
     """
 
     def __init__(self, cache_root: Path = DEFAULT_CACHE, dataset: str = "synthetic",
-                 targets: Sequence[str] = (), frames_id: str | None = None):
+                 targets: Sequence[str] = (), frames_id: str | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None):
         self.clip_cache = open_clip_cache(Path(cache_root), dataset, frames_id)
         sets = {"frames": self.clip_cache.frames}
         self._derived: dict[str, TargetSpec] = {}
         for ref in dict.fromkeys(targets):
-            found = self.clip_cache.find_target(ref)
+            found = self.clip_cache.find_target(ref, options)
             if found is not None:
                 sets[ref] = found
             else:
-                self._derived[ref] = _derived_spec(self.clip_cache, ref)
+                self._derived[ref] = _derived_spec(self.clip_cache, ref, options)
         self.target_refs = [ref for ref in sets if ref != "frames"]  # the refs read from shards
         self._codecs = {ref: _stored_codec(self.clip_cache, sets[ref]) for ref in self.target_refs}
         self.derived_refs = list(self._derived)  # the refs made from the frames
@@ -131,15 +138,19 @@ class CacheReader:
         return {**self.__dict__, "_handles": {}}  # spawned workers reopen lazily
 
 
-def _derived_spec(clip_cache: ClipCache, ref: str) -> TargetSpec:
+def _derived_spec(clip_cache: ClipCache, ref: str, options: Mapping[str, Mapping[str, Any]] | None) -> TargetSpec:
     """The spec of a target that is never stored, whose module derives it from the frames; any other
     uncached reference is the store's one-line 'no cached target' error."""
     from mvm_targets.targets.registry import derived_spec
 
     spec = derived_spec(ref)
     if spec is None:
-        clip_cache.resolve_target(ref)  # raises: no such cached set
+        clip_cache.resolve_target(ref, options)  # raises: no such cached set
         raise AssertionError(f"{ref} resolved after find_target found nothing")
+    own = options_for(options, ref)
+    if own:  # its values are the frames' own: there is no stored set for options to pick
+        raise InputError(f"target '{ref}' is derived from the cached frames and takes no options "
+                         f"(got {describe_options(own)})")
     return spec
 
 
