@@ -221,9 +221,12 @@ def _alias(assignment: dict[str, Any], varied: list[str], labels: dict[str, str]
 
 def _alias_value(key: str, value: Any) -> str:
     """A factor value as it reads in an alias; target references by their one file-safe key (`ref_key`:
-    `flow:dis` -> `flow_dis`), the spelling of the run's batch entries and `mvm_<key>` metrics."""
+    `flow:dis` -> `flow_dis`), the spelling of the run's batch entries and `mvm_<key>` metrics, also as
+    the keys of per-target options (`{flow:dis: {codec: int8}}` -> `flow_dis.codec=int8`, {} -> `none`)."""
     if key == TARGETS_KEY and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return format_value([ref_key(v) for v in value])
+    if key == "mvm.options" and isinstance(value, Mapping):  # keyed by target references or names
+        return format_value({ref_key(str(ref)): options for ref, options in value.items()})
     return format_value(value)
 
 

@@ -42,7 +42,8 @@ def run_id(config: Mapping[str, Any] | RunConfig) -> str:
 
 
 def format_value(value: Any) -> str:
-    """How a factor value reads in aliases and report columns: lists '+'-joined, [] -> 'none'."""
+    """How a factor value reads in aliases and report columns: lists '+'-joined, [] -> 'none'; a mapping
+    as its dotted leaves, key-sorted and '+'-joined (`{hog: {codec: int8}}` -> 'hog.codec=int8'), {} -> 'none'."""
     if isinstance(value, (list, tuple)):
         return "+".join(format_value(v) for v in value) if value else "none"
     if isinstance(value, bool):
@@ -50,8 +51,20 @@ def format_value(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return "+".join(f"{key}={format_value(leaf)}" for key, leaf in _leaves(value)) if value else "none"
     return str(value)
+
+
+def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of each leaf of a nested mapping, keys sorted; an empty inner mapping is a leaf."""
+    leaves: list[tuple[str, Any]] = []
+    for key in sorted(mapping, key=str):
+        value = mapping[key]
+        if isinstance(value, Mapping) and value:
+            leaves += _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
 
 
 def safe_name(text: str) -> str:
