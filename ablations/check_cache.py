@@ -17,6 +17,7 @@ def cache_geometry(config: RunConfig, job: CacheJob | None) -> tuple[tuple[int, 
     """((T, S, "where they come from") of the frames the run will read, or None if unknown), problems."""
     from mvm_targets.errors import MvmTargetsError
     from mvm_targets.store.layout import dataset_caches, open_clip_cache
+    from mvm_targets.store.selection import TargetOptionsError
 
     if job is not None and job.source is not None:
         from mvm_targets.video.decode import SamplingConfig
@@ -48,7 +49,9 @@ def cache_geometry(config: RunConfig, job: CacheJob | None) -> tuple[tuple[int, 
         if derived_spec(ref) is not None:
             continue  # never stored: the trainer derives it from the cached frames
         try:
-            clip_cache.resolve_target(ref)
+            clip_cache.resolve_target(ref, config.mvm.options)  # as the trainer resolves it: with the run's options
+        except TargetOptionsError:
+            continue  # a bad option: check_targets.target_problems says so
         except MvmTargetsError as error:
             try:
                 parse_target_ref(ref)

@@ -1,6 +1,7 @@
 """`ablate check`, targets: every `mvm.targets` reference names a registered target (or an exact
-cached set when there is no cache section), and the teacher weights a cache section's extraction
-would load are present unless it asks for `weights: random`."""
+cached set when there is no cache section), its options (the cache section's merged with the run's
+`mvm.options`) are ones it takes, and the teacher weights a cache section's extraction would load are
+present unless it asks for `weights: random`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from ablations.prepare import CacheJob
-from violet_core.config import RunConfig
+from ablations.target_requests import TargetRequest, canonical, static_option_problems
+from violet_core.config import CACHED, RunConfig
 
 _USED_BY = re.compile(r"^\s*([\w.-]+)(?::([\w.-]+))?\s*(?:\((.*)\))?\s*$")
 
 
 def target_problems(config: RunConfig, job: CacheJob | None) -> list[str]:
-    """Unknown target references, and teacher weights the cache section's extraction lacks."""
+    """Unknown target references, options a target does not take, and teacher weights the cache
+    section's extraction lacks."""
     from mvm_targets.errors import MvmTargetsError
+    from mvm_targets.store.selection import options_for
     from mvm_targets.targets.registry import parse_target_ref
 
     problems = []
@@ -29,8 +33,12 @@ def target_problems(config: RunConfig, job: CacheJob | None) -> list[str]:
                 continue  # an exact cached set id, which the trainer reads as it is
             problems.append(f"mvm.targets: {error}")
             continue
+        # a cached target is extracted with the section's options under the run's; an online one takes the run's
+        section = options_for(job.settings.get("options"), ref) if extracts and config.mvm.source_of(ref) == CACHED \
+            else None
+        options = {**(section or {}), **(config.mvm.options_of(ref) or {})}
+        problems += static_option_problems(TargetRequest(ref, canonical(options)))
         if extracts and str(job.settings.get("weights", "pretrained")) != "random":
-            options = (job.settings.get("options") or {}).get(name) or {}
             problems += _missing_weights(name, variant, options, job.settings.get("weights_dir"))
     return problems
 

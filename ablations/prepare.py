@@ -8,12 +8,15 @@ The grid's `cache` section says where the videos come from and how they are samp
       num_frames: 4                         # default: the runs' largest data.num_frames
       size: 128                             # default: the runs' largest data.size (runs may crop smaller)
       # optional extraction settings: device, workers, batch_size, clips_per_shard, short_videos,
-      # weights (pretrained | random), weights_dir, options: {flow: {preset: fast}}
+      # weights (pretrained | random), weights_dir, options: {<name>: {<key>: value}}
 
 The store location and dataset name are NOT in this section: they are the runs' own `data.cache`
 and `data.dataset`, so what is extracted is exactly what the trainer opens. Runs are grouped by
 (cache, dataset, frames_id) and each group is extracted in one `mvm_targets.extract` call with the
 union of its targets, so every clip is decoded once and every target computed once for the grid.
+Each run's targets are extracted with the section's `options` merged with the run's own `mvm.options`
+(the run's win), and each distinct (target, options) set once (ablations/target_requests.py); after
+extracting, every run must resolve its targets to the sets extracted for it, as the trainer will.
 A target its module declares as never stored (derived from the cached frames) needs no extraction of its own,
 and neither does a target every run of the group computes online (`mvm.source: online`): those runs read
 only the frames.
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ablations.grid import Grid
+from ablations.target_requests import (RunRead, TargetRequest, build_requests, distinct_targets, reading_problems,
+                                       requests_of, run_reads, section_options_problem)
 from violet_core.config import CACHED, target_source
 
 CACHE_KEYS = ("source", "synth", "num_frames", "size", "device", "workers", "batch_size", "clips_per_shard",
@@ -55,6 +60,12 @@ class CacheJob:
     num_frames: int = 4
     size: int = 224
     settings: dict[str, Any] = field(default_factory=dict)  # the optional extraction settings
+    reads: tuple[RunRead, ...] = ()  # each run's cached targets, with the options extracted for each
+
+    @property
+    def requests(self) -> tuple[TargetRequest, ...]:
+        """The distinct (ref, options) sets the job's runs read, each extracted once."""
+        return requests_of(self.reads)
 
     @property
     def stored_refs(self) -> tuple[str, ...]:
@@ -100,6 +111,9 @@ def plan_cache(grid: Grid) -> list[CacheJob]:
         bad = [k for k in synth if k not in SYNTH_KEYS]
         if bad:
             raise PrepareError(f"{grid.path}: cache: synth: unknown key '{bad[0]}' (known: {', '.join(SYNTH_KEYS)})")
+    problem = section_options_problem(section.get("options"))
+    if problem:
+        raise PrepareError(f"{grid.path}: cache: {problem}")
     from mvm_targets.settings import setting_problem
 
     for key, rule in SETTING_RULES.items():
@@ -107,9 +121,12 @@ def plan_cache(grid: Grid) -> list[CacheJob]:
         if problem:
             raise PrepareError(f"{grid.path}: cache.{key} {problem}")
     groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+    reads: dict[tuple[str, str, str | None], list[RunRead]] = {}
     for spec in grid.runs:
         data = spec.config["data"]
-        groups.setdefault((data["cache"], data["dataset"], data.get("frames_id")), []).append(spec.config)
+        group = (data["cache"], data["dataset"], data.get("frames_id"))
+        groups.setdefault(group, []).append(spec.config)
+        reads.setdefault(group, []).extend(run_reads(spec.alias, spec.config, section.get("options")))
     jobs = []
     for (cache_root, dataset, frames_id), configs in groups.items():
         # a target every run computes online is never read from the cache
@@ -122,13 +139,14 @@ def plan_cache(grid: Grid) -> list[CacheJob]:
             num_frames=int(section.get("num_frames") or max(c["data"]["num_frames"] for c in configs)),
             size=int(section.get("size") or max(c["data"]["size"] for c in configs)),
             settings={k: section[k] for k in CACHE_KEYS if k in section and k not in ("source", "synth", "num_frames",
-                                                                                      "size")}))
+                                                                                      "size")},
+            reads=tuple(reads[(cache_root, dataset, frames_id)])))
     return jobs
 
 
 def describe_job(job: CacheJob) -> str:
     """One line for --dry-run; reads nothing but the file system's existence checks."""
-    targets = ", ".join(job.refs) or "none (frames only)"
+    targets = ", ".join(str(r) for r in job.requests) or "none (frames only)"
     where = f"{job.cache_root / job.dataset} (T={job.num_frames}, S={job.size})"
     if job.source is None:
         source = "no cache section: the targets must already be cached"
@@ -177,7 +195,8 @@ def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
 
     sampling = _sampling(grid, job)
     _check_frames_id(grid, job, sampling.frames_id, [c.root.name for c in dataset_caches(job.cache_root, job.dataset)])
-    targets = build_targets(grid, job)  # before synthesising: an unknown target should cost nothing
+    built = _build(grid, job)  # before synthesising: an unknown target should cost nothing
+    targets = distinct_targets(built)
     synthesised = _ensure_source(grid, job)
     try:
         items = discover_inputs([job.source])
@@ -189,6 +208,7 @@ def _extract(grid: Grid, job: CacheJob) -> PrepareResult:
         summary = extract(items, targets, config, on_progress=raise_if_interrupted)
     except MvmTargetsError as error:
         raise PrepareError(f"{grid.path}: cache: {error}") from None
+    _check_reads(grid, job, sampling.frames_id, built)
     return PrepareResult(job=job, frames_id=sampling.frames_id, sets=summary.sets, extracted=summary.done,
                          already=summary.already_done, failed=summary.failed + summary.failed_earlier,
                          seconds=summary.seconds, synthesised=synthesised)
@@ -213,21 +233,33 @@ def frames_id_problem(job: CacheJob, frames_id: str, present: list[str]) -> str 
 
 
 def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
-    """mvm_targets Target objects for the job's refs; unknown or unavailable ones are one-line errors."""
+    """mvm_targets Target objects for the job's requests, one per target id; unknown or unavailable
+    targets and bad options are one-line errors."""
+    return distinct_targets(_build(grid, job))
+
+
+def _build(grid: Grid, job: CacheJob) -> dict[TargetRequest, Any]:
     from mvm_targets.errors import MvmTargetsError
     from mvm_targets.targets.build import TargetOptionError
-    from mvm_targets.targets.build import build_targets as build_from_refs
 
     runtime = {k: job.settings[k] for k in RUNTIME_KEYS if job.settings.get(k) is not None}
-    per_target = job.settings.get("options") or {}
-    if not isinstance(per_target, dict):
-        raise PrepareError(f"{grid.path}: cache: options must map a target name to its settings, got {per_target!r}")
     try:
-        return build_from_refs(job.refs, runtime, per_target)
+        return build_requests(job.requests, runtime)
     except TargetOptionError as error:
-        raise PrepareError(f"{grid.path}: cache: options: {error}") from None
+        raise PrepareError(f"{grid.path}: options (cache.options, mvm.options): {error}") from None
     except MvmTargetsError as error:
         raise PrepareError(f"{grid.path}: mvm.targets: {error}") from None
+
+
+def _check_reads(grid: Grid, job: CacheJob, frames_id: str, built: dict[TargetRequest, Any]) -> None:
+    """Every run resolves its targets, with its own mvm.options as the trainer does, to the sets
+    extracted for it; otherwise the first run that would not is a one-line error before any run starts."""
+    from mvm_targets.store.layout import open_clip_cache
+
+    extracted = {request: target.spec.target_id for request, target in built.items() if target.spec.stored}
+    problems = reading_problems(open_clip_cache(job.cache_root, job.dataset, frames_id), job.reads, extracted)
+    if problems:
+        raise PrepareError(f"{grid.path}: {problems[0]}")
 
 
 def _ensure_source(grid: Grid, job: CacheJob) -> bool:
@@ -273,9 +305,11 @@ def _check_cached(grid: Grid, job: CacheJob) -> None:
     from mvm_targets.errors import MvmTargetsError
     from mvm_targets.store.layout import open_clip_cache
 
+    stored = set(job.stored_refs)
     try:
         clip_cache = open_clip_cache(job.cache_root, job.dataset, job.frames_id)
-        for ref in job.stored_refs:
-            clip_cache.resolve_target(ref)
+        for read in job.reads:  # each resolved as the trainer will: with the run's own options
+            if read.request.ref in stored:
+                clip_cache.resolve_target(read.request.ref, read.run_options)
     except MvmTargetsError as error:
         raise PrepareError(f"{grid.path}: no 'cache' section to extract from, and {error}") from None

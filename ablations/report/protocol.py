@@ -114,7 +114,9 @@ def build_card(df: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any
     everywhere = [c for c in (parse_json(r["config"]) for r in records) if c]
     show_sources = (any(ONLINE in _sources(c).values() for c in everywhere)
                     or len({repr(config_value(c, "mvm.source", CACHED)) for c in everywhere}) > 1)
-    return ProtocolCard(base_text, _settings(cfg, members, done, cache or {}, show_sources), axes,
+    # per-target options (e.g. a storage codec) are shown when some run of the grid gives any
+    show_options = any(config_value(c, "mvm.options", {}) for c in everywhere)
+    return ProtocolCard(base_text, _settings(cfg, members, done, cache or {}, show_sources, show_options), axes,
                         *_compare(cfg, done))
 
 
@@ -163,6 +165,7 @@ EFFECTIVE = {  # settings derived from several keys: (config, world size or None
     "mask.text_ratio_run": lambda c, w: _paper_mode(c, "mask.text_ratio"),
     "pretrain.batch": lambda c, w: config_value(c, "pretrain.optim.batch_size") * w if w else None,
     "mvm.sources": lambda c, w: _sources_text(c),
+    "mvm.options_text": lambda c, w: format_value(config_value(c, "mvm.options", {}) or {}),
 }
 
 
@@ -191,7 +194,8 @@ def _teachers(done: Sequence[Mapping[str, Any]]) -> dict[str, Counter]:
 
 
 def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str, Any]],
-              cache: Mapping[str, Any], show_sources: bool = False) -> list[tuple[str, str]]:
+              cache: Mapping[str, Any], show_sources: bool = False,
+              show_options: bool = False) -> list[tuple[str, str]]:
     v = cfg.text
 
     def init(key: str, missing: str) -> str:
@@ -218,7 +222,8 @@ def _settings(cfg: _Configs, members: Sequence[Mapping[str, Any]], done: Sequenc
                     f"{v('mask.text_ratio_run')}, released-code mode (mask.paper) {v('mask.paper', False)}, "
                     f"video masked without MVM {v('mask.video_without_mvm', False)}"),
         ("MVM", f"targets {v('mvm.targets')}, normalization {v('mvm.normalization')}, weight {v('mvm.weight')}"
-                + (f", source {v('mvm.sources')}" if show_sources else "")),
+                + (f", source {v('mvm.sources')}" if show_sources else "")
+                + (f", target options {v('mvm.options_text')}" if show_options else "")),
         ("pretraining", f"{v('pretrain.optim.steps')} steps, batch {v('pretrain.optim.batch_size')} per process"
                         f"{in_all}, lr {v('pretrain.optim.lr')}, temperature {v('pretrain.temperature')}, "
                         f"weight decay {v('pretrain.optim.weight_decay')}, warm-up {v('pretrain.optim.warmup_ratio')}"),
