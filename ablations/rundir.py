@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ablations.grid_sections import SEED_KEY
 from ablations.launch import liveness
 from ablations.launch.liveness import current_slurm_job, holder_alive, process_start_ticks, this_host
 
@@ -136,11 +137,21 @@ def write_run_files(spec: "RunSpec", run_dir: Path, grid: "Grid", code: str) -> 
     """run.json (who the run is) and config.yaml (what the trainer reads)."""
     record = {"run_id": spec.run_id, "alias": spec.alias, "grid": grid.name, "grid_path": grid.path,
               "grid_hash": grid.grid_hash, "factors": spec.factors, "baseline": grid.baseline, "labels": grid.labels,
-              "code_version": code, "written": now_iso()}
+              "cell_seeds": planned_seeds(spec, grid), "code_version": code, "written": now_iso()}
     write_json_atomic(run_dir / RUN_FILE, record)
     tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.tmp"
     tmp.write_text(yaml.safe_dump(spec.config, sort_keys=False))
     os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def planned_seeds(spec: "RunSpec", grid: "Grid") -> list[Any]:
+    """The seeds the grid plans for `spec`'s cell (its factors but the seed), after the grid's exclusions:
+    the report judges a cell complete against these, not against every seed of the grid."""
+    cell = {k: v for k, v in spec.factors.items() if k != SEED_KEY}
+    seeds = [run.factors.get(SEED_KEY) for run in grid.runs
+             if {k: v for k, v in run.factors.items() if k != SEED_KEY} == cell]
+    distinct = {seed for seed in seeds if seed is not None}
+    return sorted(distinct, key=lambda seed: (not isinstance(seed, (int, float)), seed if isinstance(seed, (int, float)) else str(seed)))
 
 
 def archive_outputs(run_dir: Path) -> Path:

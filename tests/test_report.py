@@ -27,14 +27,16 @@ SQRT3 = math.sqrt(3)
 
 def make_run(root: Path, run_id: str, targets: list[str], seed: int, r1: float | None = None, state: str = "done",
              failure: str | None = None, message: str = "", code: str = "abc123", teacher: str = "pretrained",
-             extra_factors: dict | None = None, software: dict | None = None) -> Path:
+             extra_factors: dict | None = None, software: dict | None = None,
+             cell_seeds: list[int] | None = None) -> Path:
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
     factors = {"mvm.targets": targets, **(extra_factors or {}), "seed": seed}
     alias = ",".join(f"{k}={'+'.join(v) or 'none' if isinstance(v, list) else v}" for k, v in factors.items())
     (run_dir / "run.json").write_text(json.dumps({
         "run_id": run_id, "alias": alias, "grid": "fake", "grid_hash": "f" * 64, "factors": factors,
-        "code_version": code, "baseline": {"mvm.targets": []}, "labels": {"mvm.targets": "target"}}))
+        "code_version": code, "baseline": {"mvm.targets": []}, "labels": {"mvm.targets": "target"},
+        **({"cell_seeds": cell_seeds} if cell_seeds is not None else {})}))
     (run_dir / "status.json").write_text(json.dumps({"state": state, "failure": failure, "message": message}))
     if r1 is not None:
         (run_dir / "final.json").write_text(json.dumps({
@@ -164,6 +166,20 @@ def test_flags(runs_root):
     assert "cell target=pixel: 3 of 4 seeds done (missing seeds 2)" in by_kind["incomplete_cell"]
     # expected seeds are every seed seen in the runs, so pixel's stray seed 3 is "missing" elsewhere
     assert "cell target=hog: 3 of 4 seeds done (missing seeds 3)" in by_kind["incomplete_cell"]
+
+
+def test_a_cell_is_complete_against_the_seeds_its_grid_planned(tmp_path):
+    # the baseline over seeds 0-3, hog planned over seeds 0 and 1 only (a grid's exclusions), flow over
+    # 0-2 with seed 2 not done: only flow is incomplete, and against its own three seeds
+    for seed in range(4):
+        make_run(tmp_path, f"none{seed}", [], seed, 10.0, cell_seeds=[0, 1, 2, 3])
+    for seed in (0, 1):
+        make_run(tmp_path, f"hog{seed}", ["hog"], seed, 11.0, cell_seeds=[0, 1])
+        make_run(tmp_path, f"flow{seed}", ["flow"], seed, 12.0, cell_seeds=[0, 1, 2])
+    make_run(tmp_path, "flow2", ["flow"], 2, None, state="pending", cell_seeds=[0, 1, 2])
+    flags = find_flags(load_runs([tmp_path]), ["mvm.targets"])
+    incomplete = [f.message for f in flags if f.kind == "incomplete_cell"]
+    assert incomplete == ["cell target=flow: 2 of 3 seeds done (missing seeds 2)"]
 
 
 def test_runs_trained_with_different_software_are_flagged(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,9 +71,10 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
             flags.append(Flag("missing_cell", f"missing cell {name}: no done run ({why})"))
             continue
         seeds = sorted({m["seed"] for m in good})
-        lacking = sorted(s for s in all_seeds if s not in seeds)
+        wanted = _planned_seeds(members) or all_seeds  # a grid's exclusions leave some cells fewer seeds
+        lacking = sorted(s for s in wanted if s not in seeds)
         if lacking:
-            flags.append(Flag("incomplete_cell", f"cell {name}: {len(seeds)} of {len(all_seeds)} seeds done "
+            flags.append(Flag("incomplete_cell", f"cell {name}: {len(seeds)} of {len(wanted)} seeds done "
                                                  f"(missing seeds {', '.join(str(s) for s in lacking)})"))
     random_cells = Counter(name_of(r) for r in done.to_dict("records") if r["random_teacher"])
     for name, count in random_cells.items():
@@ -95,6 +97,18 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
         flags.append(Flag("failed_run", f"failed run {record['alias']} ({record['run_id']}): "
                                         f"{record.get('failure') or 'unknown'}{message}"))
     return flags
+
+
+def _planned_seeds(members: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The seeds the grid planned for a cell, as its runs recorded them (run.json "cell_seeds"); empty
+    when no run recorded them (runs written before the field existed)."""
+    planned: list[Any] = []
+    for member in members:
+        text = member.get("cell_seeds")
+        for seed in (json.loads(text) if isinstance(text, str) and text else None) or []:
+            if seed not in planned:
+                planned.append(seed)
+    return planned
 
 
 def unpaired_flags(summary: pd.DataFrame, rows: Sequence[str], baseline: Mapping[str, Any] | None,

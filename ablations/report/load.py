@@ -25,7 +25,7 @@ RUN_FILES = ("run.json", "status.json", "final.json", "failure.json")
 CONFIG_FILE = "config.yaml"
 # Columns of `load_runs` that are not factors; every other column is a factor (an axis of the grid).
 INFO_COLUMNS = ("run_id", "alias", "grid", "grid_hash", "state", "failure", "message", "code_version", "software",
-                "seed", "random_teacher", "teachers", "config", "world_size", "frames", "path", "metric", "value",
+                "seed", "random_teacher", "teachers", "config", "world_size", "frames", "cell_seeds", "path", "metric", "value",
                 "chance")
 
 
@@ -42,7 +42,8 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     numbers, strings and booleans keep their type.
     JSON text columns: `software` (final.json "software"), `teachers` (target ref -> teacher weights,
     from final.json "targets"), `config` (config.yaml), `frames` (final.json "frames", the cache's
-    frame codec/compression when the trainer records it).
+    frame codec/compression when the trainer records it), `cell_seeds` (run.json "cell_seeds": the seeds
+    the grid plans for the run's cell, after its exclusions).
     The runs' declared baselines and labels (run.json "baseline"/"labels") are kept in
     `df.attrs["baselines"]` and `df.attrs["labels"]`.
     """
@@ -73,6 +74,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
                                     for t in targets}),
             "config": _json_text(config), "world_size": final.get("world_size"),
             "frames": _json_text(final.get("frames")),
+            "cell_seeds": _json_text(run.get("cell_seeds")),
             "path": str(run_dir),
             **{k: render_factor(v) for k, v in factors.items()},
         }
