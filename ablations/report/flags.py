@@ -83,6 +83,9 @@ def find_flags(df: pd.DataFrame, rows: Sequence[str] | None = None,
     for key, what, paper in SETTING_FLAGS:
         setting_cells = Counter(name_of(r) for r in done.to_dict("records")
                                 if config_value(parse_json(r["config"]), key, False) is True)
+        if len(setting_cells) > 1 and sum(setting_cells.values()) == len(done):  # one line when every run sets it
+            flags.append(Flag(key, f"all {len(done)} done runs set {key} (they {what}; {paper})"))
+            continue
         for name, count in setting_cells.items():
             runs_text = "1 run sets" if count == 1 else f"{count} runs set"
             flags.append(Flag(key, f"cell {name}: {runs_text} {key} (they {what}; {paper})"))
