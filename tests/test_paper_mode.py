@@ -296,7 +296,7 @@ CORPUS = ["a red ball moves left", "a blue cube moves right", "what moves", "whi
 
 
 def fake_run(overrides: dict) -> SimpleNamespace:
-    """What the task runners read from a `Run`, with a tiny model and a trained WordPiece."""
+    """The task runners' inputs, with a tiny model and a trained WordPiece."""
     config = config_from_dict({"data": {"max_text_len": 12, "size": SIZE, "num_frames": T},
                                "downstream": {"optim": {"steps": 0, "batch_size": 2}, "eval_batch_size": 10},
                                **overrides})
@@ -307,12 +307,19 @@ def fake_run(overrides: dict) -> SimpleNamespace:
 
 
 def patch_sources(monkeypatch, records: dict[str, object]) -> list:
-    """Stand-ins for the cache and the record files; returns the list `_finetune` calls are logged in."""
-    calls = []
-    monkeypatch.setattr(tasks, "_frames", lambda run: (lambda key, rng=None: torch.randn(T, 3, SIZE, SIZE)))
-    monkeypatch.setattr(tasks, "task_records", lambda run, task, role, synthetic: records[role])
-    monkeypatch.setattr(tasks, "_finetune", lambda run, objective, dataset, task: calls.append((objective, dataset)))
-    return calls
+    """Stand-ins for the cache and the record files; returns the list `run_task` logs finetune calls in."""
+    def frames(key: str, rng=None) -> torch.Tensor:  # as ClipVideos: (T, S, S, 3) uint8
+        return torch.randint(0, 256, (T, SIZE, SIZE, 3), dtype=torch.uint8)
+
+    monkeypatch.setattr(tasks, "_frames", lambda config: frames)
+    monkeypatch.setattr(tasks, "task_records", lambda config, keys, task, role, synthetic: records[role])
+    return []
+
+
+def run_task(runner, run: SimpleNamespace, calls: list):
+    """`runner` on the fake run's inputs; its finetune calls are appended to `calls` instead of training."""
+    return runner(run.model, run.tokenizer, run.config, [], lambda objective, dataset, task:
+                  calls.append((objective, dataset)), run.device)
 
 
 def test_retrieval_uses_its_text_length_and_the_paper_reduction(monkeypatch):
@@ -325,7 +332,7 @@ def test_retrieval_uses_its_text_length_and_the_paper_reduction(monkeypatch):
         encoded = []
         original = run.tokenizer.encode
         run.tokenizer.encode = lambda texts, max_len: encoded.append(max_len) or original(texts, max_len)
-        metrics, _ = tasks.run_retrieval(run)
+        metrics, _ = run_task(tasks.run_retrieval, run, calls)
         (objective, dataset), = calls
         assert isinstance(objective, RetrievalObjective) and objective.reduction == reduction
         assert dataset[0]["text_ids"].shape == (7,)
@@ -343,15 +350,15 @@ def test_qa_tasks_use_their_own_text_length_or_the_data_default(monkeypatch):
     original = tasks.MultipleChoiceObjective.option_scores
     monkeypatch.setattr(tasks.MultipleChoiceObjective, "option_scores",
                         lambda self, batch: seen.append(batch["option_ids"].shape) or original(self, batch))
-    tasks.run_qa_mc(run)
+    run_task(tasks.run_qa_mc, run, calls)
     assert calls[0][1][0]["option_ids"].shape == (5, 20) and seen == [torch.Size([1, 5, 20])]
     calls = patch_sources(monkeypatch, {"train": oe, "eval": oe})
-    tasks.run_qa_oe(run)
+    run_task(tasks.run_qa_oe, run, calls)
     assert calls[0][1][0]["text_ids"].shape == (12,)  # not listed: data.max_text_len
     short = fake_run({"downstream": {"max_text_len": {"qa_oe": 3}, "optim": {"steps": 0, "batch_size": 2}}})
-    patch_sources(monkeypatch, {"train": oe, "eval": oe})
+    calls = patch_sources(monkeypatch, {"train": oe, "eval": oe})
     with pytest.raises(ValueError, match="v1: question too long for downstream.max_text_len.qa_oe=3"):
-        tasks.run_qa_oe(short)
+        run_task(tasks.run_qa_oe, short, calls)
 
 
 def test_per_task_text_length_is_validated():

@@ -5,11 +5,18 @@
 
 Re-running the same command on the same run directory resumes: pretraining from the last
 checkpoint (the loss curve continues exactly), downstream from the first unfinished task.
+
+Top to bottom: `Run` sets up what every phase shares (processes, run folder, cache, MVM targets,
+tokenizer, model, and the engine that runs steps, logs and checkpoints: violet_core.loop.Engine);
+`Run.execute` pretrains (violet_core.pretrain), runs each downstream task on a fresh copy of the
+pretrained weights (`downstream`, violet_core.downstream.tasks) and writes final.json. Each phase
+gets the pieces it uses as arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import random
@@ -17,31 +24,24 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from mvm_targets.errors import MvmTargetsError
 from mvm_targets.store.reader import CacheReader
 from mvm_targets.store.schema import code_version
 from violet_core import distributed
-from violet_core.batching import BatchStream
-from violet_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from violet_core.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
 from violet_core.compiled import compile_model
 from violet_core.config import ConfigError, RunConfig, load_config, parse_overrides, save_config
 from violet_core.data.augment import check_flips
-from violet_core.data.pretrain import PretrainDataset, cached_geometry, collate_pretrain, split_keys
+from violet_core.data.pretrain import cached_geometry
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
-from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, task_corpus
-from violet_core.loop import LoopState, NonFiniteLossError, run_steps
-from violet_core.masking import MaskSampler
+from violet_core.downstream.tasks import DOWNSTREAM_RUNNERS, finetuner, task_corpus
+from violet_core.loop import Engine, NonFiniteLossError
 from violet_core.model import Violet, load_pretrained_parts
-from violet_core.objectives import PretrainObjective
-from violet_core.online_targets import OnlineTargets, online_fill, sources, worker_fork_problem
-from violet_core.optim import build_optimizer, build_schedule
+from violet_core.online_targets import OnlineTargets, sources, worker_fork_problem
+from violet_core.pretrain import pretrain
 from violet_core.provenance import software_versions
 from violet_core.run_dir import RunDir
 from violet_core.target_info import TargetInfo, read_target_infos
@@ -57,7 +57,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Run:
-    """Everything one training run holds; `execute()` does pretraining then the downstream tasks."""
+    """What one run sets up once, in this order (it fixes the draws from the global RNGs): processes,
+    run folder, seeds, cache, MVM targets, tokenizer, model, engine. `execute()` runs the phases."""
 
     def __init__(self, config: RunConfig, run_dir: Path) -> None:
         self.config = config
@@ -98,8 +99,8 @@ class Run:
         self.loaded_parts = load_pretrained_parts(self.model, config.model)
         if config.model.compile:
             compile_model(self.model)  # in place: state dicts, checkpoints and DDP see the same module
-
-    # --- set-up ----------------------------------------------------------------------------
+        self.engine = Engine(self.dist, self.device, config.precision, self.dir, config.pretrain.log_every,
+                             config.seed, data.num_workers)
 
     def _tokenizer(self) -> TextTokenizer:
         if self.dist.is_main and not (self.dir.tokenizer / "tokenizer.json").exists():
@@ -113,116 +114,10 @@ class Run:
         distributed.barrier(self.dist)
         return load_tokenizer(self.dir.tokenizer)
 
-    def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        if not self.dist.enabled:
-            return module
-        # heads of targets a 1-frame batch cannot use stay idle; DDP must not wait for them
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                       find_unused_parameters=True)
-
-    # --- phases ----------------------------------------------------------------------------
-
-    def pretrain(self) -> dict[str, float]:
-        config, optim = self.config, self.config.pretrain.optim
-        if self.dir.pretrained.exists():
-            self.model.load_state_dict(torch.load(self.dir.pretrained, map_location=self.device, weights_only=True))
-            return (self.dir.read_json("pretrain.json") or {}).get("losses", {})
-        keys = split_keys(Path(config.data.source), "train", self.reader.keys)
-        dataset = PretrainDataset(self.reader, self.infos, self.tokenizer, keys, config.data.num_frames,
-                                  config.data.size, config.data.max_text_len, config.data.hflip_prob,
-                                  config.data.random_crop, seed=config.seed,
-                                  approximate_flips=config.data.approximate_flips)
-        sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper,
-                              video_without_mvm=config.mask.video_without_mvm)
-        objective = PretrainObjective(self.model, sampler, self.tokenizer.mask_id, config.pretrain.vtm_negatives,
-                                      config.pretrain.temperature, config.mvm.weight)
-        optimizer = build_optimizer(self.model, optim)  # first: it freezes the backbone that DDP must not sync
-        schedule = build_schedule(optimizer, optim)
-        trainable = self._wrap(objective)
-        mask_rng = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
-        batches = BatchStream(dataset, collate_pretrain, optim.batch_size, config.seed, self.dist, self.device,
-                              config.data.num_workers, fill=online_fill(self.online))
-        state = LoopState()
-        if self.dir.checkpoint.exists():
-            state = self._restore(optimizer, schedule, mask_rng, batches)
-        # lines past the checkpoint (or every line, when killed before the first) are about to be written again
-        self.dir.truncate_log("pretrain", state.step)
-
-        def checkpoint() -> None:
-            # each rank's RNGs and log window: ranks draw different masks and average their own losses
-            loop = state.state_dict()
-            ranks = distributed.all_gather_objects({"rng": capture_rng({"mask": mask_rng}), "window": loop["window"]},
-                                                   self.dist)
-            self.dir.save_checkpoint(self.dir.checkpoint, {
-                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "step": loop["step"], "samples": loop["samples"],
-                "data": batches.state_dict(), "ranks": ranks,
-            })
-
-        def compute(batch: dict) -> dict[str, torch.Tensor]:
-            return trainable(batch, mask_rng, self.tokenizer.special_mask(batch["text_ids"]))
-
-        self.model.train()
-        losses = run_steps("pretrain", compute, list(self.model.parameters()), optimizer, schedule,
-                           batches, state,
-                           optim.steps, device=self.device, precision=config.precision, grad_clip=optim.grad_clip,
-                           dist=self.dist, log=self.dir.log, log_every=config.pretrain.log_every,
-                           checkpoint=checkpoint, checkpoint_every=config.pretrain.checkpoint_every)
-        if self.dist.is_main:
-            self.dir.write_json("pretrain.json", {"losses": losses, "steps": state.step})
-            # written last and atomically: its presence is what marks pretraining as done
-            self.dir.save_checkpoint(self.dir.pretrained, self.model.state_dict())
-            self.dir.checkpoint.unlink(missing_ok=True)  # pretrained.pt supersedes it
-        distributed.barrier(self.dist)
-        return losses
-
-    def _restore(self, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-                 mask_rng: torch.Generator, batches: BatchStream) -> LoopState:
-        """Load the checkpoint into the live objects. The RNGs go last: nothing may draw between their
-        restore and the first resumed step, exactly as nothing did between the save and the next step."""
-        saved = load_checkpoint(self.dir.checkpoint)
-        try:
-            self.model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            batches.load_state_dict(saved["data"])
-        except (KeyError, RuntimeError, ValueError) as error:  # a checkpoint of another config or data
-            reason = " ".join(str(error).split())[:300] or type(error).__name__
-            raise CheckpointError(f"{self.dir.checkpoint}: does not fit this run: {reason}") from None
-        mine = saved["ranks"][self.dist.rank]
-        state = LoopState.from_state_dict({"step": saved["step"], "samples": saved["samples"],
-                                           "window": mine["window"]}, self.device)
-        restore_rng(mine["rng"], {"mask": mask_rng})
-        log.info("resumed pretraining at step %d from %s", state.step, self.dir.checkpoint)
-        return state
-
-    def downstream(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Finetune a fresh copy of the pretrained weights per task, then evaluate it."""
-        done = self.dir.read_json("downstream.json") or {"metrics": {}, "chance": {}, "tasks": []}
-        pretrained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        for task in self.config.downstream.tasks:
-            if task in done["tasks"]:
-                continue
-            # A task killed part-way starts over from the state an uninterrupted run gives it: the
-            # pretrained weights, no gradients (stale ones would enter the clipping norm), reseeded RNGs
-            # and its data order from the first batch; the lines it had logged are dropped.
-            self.dir.truncate_log(task, -1)
-            self.model.load_state_dict(pretrained)
-            self.model.zero_grad(set_to_none=True)
-            seed_everything(self.config.seed + 1)
-            metrics, chance = DOWNSTREAM_RUNNERS[task](self)
-            done["metrics"].update(metrics)
-            done["chance"].update(chance)
-            done["tasks"].append(task)
-            # the eval line first: once downstream.json names the task, a rerun skips it
-            self.dir.log({"phase": task, "step": self.config.downstream.optim.steps, "split": "eval", **metrics})
-            self.dir.write_json("downstream.json", done)
-        return done["metrics"], done["chance"]
-
     def execute(self) -> dict[str, Any]:
         started = time.time()
-        losses = self.pretrain()
-        metrics, chance = self.downstream()
+        losses = pretrain(self.model, self.infos, self.tokenizer, self.reader, self.online, self.config, self.engine)
+        metrics, chance = downstream(self.model, self.tokenizer, self.config, self.reader.keys, self.engine)
         record = {
             "name": self.config.name, "seed": self.config.seed,
             "metrics": {**{f"pretrain/{k}": v for k, v in losses.items()}, **metrics},
@@ -238,9 +133,34 @@ class Run:
         return record
 
 
-def config_digest(config: RunConfig) -> str:
-    import hashlib
+def downstream(model: Violet, tokenizer: TextTokenizer, config: RunConfig, keys: Collection[str],
+               engine: Engine) -> tuple[dict[str, float], dict[str, float]]:
+    """Finetune a fresh copy of the pretrained weights per task, then evaluate it; (metrics, chance)."""
+    run_dir = engine.run_dir
+    done = run_dir.read_json("downstream.json") or {"metrics": {}, "chance": {}, "tasks": []}
+    pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    finetune = finetuner(engine, model, config.downstream.optim)
+    for task in config.downstream.tasks:
+        if task in done["tasks"]:
+            continue
+        # A task killed part-way starts over from the state an uninterrupted run gives it: the
+        # pretrained weights, no gradients (stale ones would enter the clipping norm), reseeded RNGs
+        # and its data order from the first batch; the lines it had logged are dropped.
+        run_dir.truncate_log(task, -1)
+        model.load_state_dict(pretrained)
+        model.zero_grad(set_to_none=True)
+        seed_everything(config.seed + 1)
+        metrics, chance = DOWNSTREAM_RUNNERS[task](model, tokenizer, config, keys, finetune, engine.device)
+        done["metrics"].update(metrics)
+        done["chance"].update(chance)
+        done["tasks"].append(task)
+        # the eval line first: once downstream.json names the task, a rerun skips it
+        run_dir.log({"phase": task, "step": config.downstream.optim.steps, "split": "eval", **metrics})
+        run_dir.write_json("downstream.json", done)
+    return done["metrics"], done["chance"]
 
+
+def config_digest(config: RunConfig) -> str:
     return hashlib.sha256(config.canonical_json().encode()).hexdigest()[:12]
 
 
@@ -287,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except Exception as error:  # noqa: BLE001 - one line, the traceback in <run dir>/error.log
         return report_error(error, "violet_core.train", existing_run_dir(args.config, args.run_dir, args.overrides))
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(summary_line(record))
     return 0
 

@@ -1,8 +1,9 @@
 """Downstream finetuning and evaluation: text-to-video retrieval, multiple-choice and open-ended QA.
 
-Each runner takes the `Run` (model already holding the pretrained weights), finetunes it for
-`downstream.optim.steps` on the train split and evaluates on the eval split. Returns
-(metrics, chance) with keys such as "retrieval/R@1" and "qa_mc/acc".
+Each runner gets its inputs as arguments: the model (already holding the pretrained weights), the
+tokenizer, the run config, the cached clip keys, a `finetune` function (`finetuner`: the run's
+engine) and the device. It finetunes the model for `downstream.optim.steps` on the train split and
+evaluates on the eval split. Returns (metrics, chance) with keys such as "retrieval/R@1" and "qa_mc/acc".
 
 Videos are read from the same frame cache as pretraining: a random grid-aligned crop and random
 temporal window in training, the centre in evaluation. No horizontal flip: captions and answers
@@ -12,15 +13,15 @@ may name a direction ("moves left"), which a flip would contradict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
-from violet_core.batching import BatchStream
-from violet_core.config import RunConfig
+from violet_core.config import OptimConfig, RunConfig
 from violet_core.data.augment import check_crop_size, crop_clip, temporal_window
 from violet_core.data.device_batch import normalize_video, to_device
 from violet_core.data.tokenizer import TextTokenizer
@@ -29,12 +30,14 @@ from violet_core.downstream.metrics import (accuracy, chance_retrieval, mc_predi
                                             retrieval_metrics)
 from violet_core.downstream.records import (McItem, OeItem, RetrievalSet, load_qa_mc, load_qa_oe, load_retrieval,
                                             load_retrieval_train_pairs, mc_text, oe_prompt)
-from violet_core.loop import LoopState, autocast, run_steps
+from violet_core.loop import Engine, autocast
+from violet_core.model import Violet
 from violet_core.objectives import MultipleChoiceObjective, OpenEndedObjective, RetrievalObjective, pairwise_scores
-from violet_core.optim import build_optimizer, build_schedule
 
-if TYPE_CHECKING:
-    from violet_core.train import Run
+Finetune = Callable[[nn.Module, Dataset, str], None]  # (objective, train dataset, task name)
+Metrics = tuple[dict[str, float], dict[str, float]]  # (metrics, chance levels)
+Runner = Callable[[Violet, TextTokenizer, RunConfig, Collection[str], Finetune, torch.device], Metrics]
+
 
 class ClipVideos:
     """(T, S, S, 3) uint8 videos by key from the frame cache, with train-time jitter; the device
@@ -86,19 +89,15 @@ def _collate(items: list[dict]) -> dict:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def _finetune(run: "Run", objective: torch.nn.Module, dataset: Dataset, task: str) -> None:
-    config = run.config.downstream.optim
-    if config.steps == 0:
-        return
-    optimizer = build_optimizer(run.model, config)
-    schedule = build_schedule(optimizer, config)
-    trainable = run._wrap(objective)
-    batches = BatchStream(dataset, _collate, config.batch_size, run.config.seed, run.dist, run.device,
-                          run.config.data.num_workers)
-    run.model.train()
-    run_steps(task, lambda batch: trainable(batch), list(run.model.parameters()), optimizer, schedule, batches,
-              LoopState(), config.steps, device=run.device, precision=run.config.precision,
-              grad_clip=config.grad_clip, dist=run.dist, log=run.dir.log, log_every=run.config.pretrain.log_every)
+def finetuner(engine: Engine, model: nn.Module, optim: OptimConfig) -> Finetune:
+    """The runners' `finetune`: `optim.steps` steps of `objective` on `dataset`, the model's weights
+    trained in place by `engine`. No checkpoint: a task killed part-way starts over."""
+
+    def finetune(objective: nn.Module, dataset: Dataset, task: str) -> None:
+        if optim.steps > 0:
+            engine.fit(task, model, objective, dataset, _collate, optim)
+
+    return finetune
 
 
 def _eval_batches(dataset: Dataset, batch_size: int, device: torch.device) -> Iterator[dict]:
@@ -106,22 +105,23 @@ def _eval_batches(dataset: Dataset, batch_size: int, device: torch.device) -> It
         yield to_device(_collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), device)
 
 
-def _frames(run: "Run") -> ClipVideos:
-    data = run.config.data
+def _frames(config: RunConfig) -> ClipVideos:
+    data = config.data
     frames_only = CacheReader(Path(data.cache), data.dataset, targets=(), frames_id=data.frames_id)
-    return ClipVideos(frames_only, run.config.downstream.num_frames or data.num_frames, data.size)
+    return ClipVideos(frames_only, config.downstream.num_frames or data.num_frames, data.size)
 
 
-def task_records(run: "Run", task: str, role: str, synthetic: Callable[[Path, str, set[str]], object]):
-    """Records for `task` (`role` train or eval): from `downstream.files` when the config names a
-    benchmark file for it, else from the synthetic dataset layout under `data.source`."""
-    config, keep = run.config.downstream, set(run.reader.keys)
-    spec = config.files.get(f"{task}_{role}")
+def task_records(config: RunConfig, keys: Collection[str], task: str, role: str,
+                 synthetic: Callable[[Path, str, set[str]], object]):
+    """Records for `task` (`role` train or eval) of the clips `keys`: from `downstream.files` when the
+    config names a benchmark file for it, else from the synthetic dataset layout under `data.source`."""
+    downstream, keep = config.downstream, set(keys)
+    spec = downstream.files.get(f"{task}_{role}")
     if spec is None:
-        split = config.train_split if role == "train" else config.eval_split
-        return synthetic(Path(run.config.data.source), split, keep)
+        split = downstream.train_split if role == "train" else downstream.eval_split
+        return synthetic(Path(config.data.source), split, keep)
     kind, _, path = spec.partition(":")
-    return load_task_file(path, kind, config.key_format, keep)
+    return load_task_file(path, kind, downstream.key_format, keep)
 
 
 def _text_encoder(tokenizer: TextTokenizer, max_len: int) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
@@ -136,39 +136,40 @@ def task_text_len(config: RunConfig, task: str) -> int:
 # --- retrieval -------------------------------------------------------------------------------
 
 
-def run_retrieval(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config = run.config
-    encode = _text_encoder(run.tokenizer, task_text_len(config, "retrieval"))
-    train = task_records(run, "retrieval", "train", _retrieval_pairs)
+def run_retrieval(model: Violet, tokenizer: TextTokenizer, config: RunConfig, keys: Collection[str],
+                  finetune: Finetune, device: torch.device) -> Metrics:
+    encode = _text_encoder(tokenizer, task_text_len(config, "retrieval"))
+    train = task_records(config, keys, "retrieval", "train", _retrieval_pairs)
     pairs = train.pairs() if isinstance(train, RetrievalSet) else train
 
     def encode_pair(pair: tuple[str, str]) -> dict:
         ids, mask = encode([pair[1]])
         return {"text_ids": ids[0], "text_mask": mask[0]}
 
-    videos = _frames(run)
+    videos = _frames(config)
     # paper mode sums the two directions, as the official NormSoftmaxLoss (docs/method.md section 5)
     reduction = "sum" if config.mask.paper else "mean"
-    _finetune(run, RetrievalObjective(run.model, config.downstream.temperature, reduction),
-              _TaskDataset(pairs, videos, encode_pair, True, config.seed), "retrieval")
-    test = task_records(run, "retrieval", "eval", load_retrieval)
-    scores = score_retrieval(run, test, videos)
+    finetune(RetrievalObjective(model, config.downstream.temperature, reduction),
+             _TaskDataset(pairs, videos, encode_pair, True, config.seed), "retrieval")
+    test = task_records(config, keys, "retrieval", "eval", load_retrieval)
+    scores = score_retrieval(model, tokenizer, config, test, videos, device)
     metrics = {f"retrieval/{k}": float(v) for k, v in retrieval_metrics(scores, test.caption_to_video).items()}
     chance = {f"retrieval/{k}": float(v) for k, v in chance_retrieval(test.n_video).items()}
     return metrics, chance
 
 
 @torch.no_grad()
-def score_retrieval(run: "Run", test: RetrievalSet, videos: ClipVideos) -> np.ndarray:
+def score_retrieval(model: Violet, tokenizer: TextTokenizer, config: RunConfig, test: RetrievalSet,
+                    videos: ClipVideos, device: torch.device) -> np.ndarray:
     """Cross-encode every caption with every video (as the official evaluation): (N_text, N_video)."""
-    model, batch_size = run.model.eval(), run.config.downstream.eval_batch_size
-    ids, mask = run.tokenizer.encode(list(test.captions), task_text_len(run.config, "retrieval"))
+    model, batch_size = model.eval(), config.downstream.eval_batch_size
+    ids, mask = tokenizer.encode(list(test.captions), task_text_len(config, "retrieval"))
     scores = torch.zeros(len(test.captions), len(test.videos))
-    with autocast(run.device, run.config.precision):
-        texts, keep = model.embed_text(ids.to(run.device)), mask.to(run.device)
+    with autocast(device, config.precision):
+        texts, keep = model.embed_text(ids.to(device)), mask.to(device)
         for start in range(0, len(test.videos), batch_size):
             clip = torch.stack([videos(key) for key in test.videos[start:start + batch_size]])
-            clip = normalize_video(clip.to(run.device, non_blocking=True))
+            clip = normalize_video(clip.to(device, non_blocking=True))
             video_tokens, grid = model.encode_video(clip)
             step = max(1, batch_size // len(clip))  # about batch_size fused pairs per pass
             for first in range(0, len(test.captions), step):
@@ -184,23 +185,24 @@ def _retrieval_pairs(source: Path, split: str, keep: set[str]) -> list[tuple[str
     return load_retrieval_train_pairs(source, split, keep=keep)
 
 
-def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config = run.config
-    encode = _text_encoder(run.tokenizer, task_text_len(config, "qa_mc"))
+def run_qa_mc(model: Violet, tokenizer: TextTokenizer, config: RunConfig, keys: Collection[str],
+              finetune: Finetune, device: torch.device) -> Metrics:
+    encode = _text_encoder(tokenizer, task_text_len(config, "qa_mc"))
 
     def encode_item(item: McItem) -> dict:
         ids, mask = encode([mc_text(item.question, option) for option in item.options])
         return {"option_ids": ids, "option_mask": mask, "answer": torch.tensor(item.answer)}
 
-    videos = _frames(run)
-    objective = MultipleChoiceObjective(run.model)
-    _finetune(run, objective, _TaskDataset(task_records(run, "qa_mc", "train", load_qa_mc), videos,
-                                           encode_item, True, config.seed), "qa_mc")
-    test = _TaskDataset(task_records(run, "qa_mc", "eval", load_qa_mc), videos, encode_item, False, config.seed)
-    run.model.eval()
+    videos = _frames(config)
+    objective = MultipleChoiceObjective(model)
+    finetune(objective, _TaskDataset(task_records(config, keys, "qa_mc", "train", load_qa_mc), videos,
+                                     encode_item, True, config.seed), "qa_mc")
+    test = _TaskDataset(task_records(config, keys, "qa_mc", "eval", load_qa_mc), videos, encode_item, False,
+                        config.seed)
+    model.eval()
     predictions, gold = [], []
-    with torch.no_grad(), autocast(run.device, run.config.precision):
-        for batch in _eval_batches(test, max(1, config.downstream.eval_batch_size // 5), run.device):
+    with torch.no_grad(), autocast(device, config.precision):
+        for batch in _eval_batches(test, max(1, config.downstream.eval_batch_size // 5), device):
             predictions += mc_predictions(objective.option_scores(batch).float().cpu()).tolist()
             gold += batch["answer"].cpu().tolist()
     options = len(test.items[0].options) if test.items else 1
@@ -210,9 +212,8 @@ def run_qa_mc(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
 # --- open-ended QA ----------------------------------------------------------------------------
 
 
-def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
-    config = run.config
-    tokenizer = run.tokenizer
+def run_qa_oe(model: Violet, tokenizer: TextTokenizer, config: RunConfig, keys: Collection[str],
+              finetune: Finetune, device: torch.device) -> Metrics:
     length = task_text_len(config, "qa_oe")
     length_key = "downstream.max_text_len.qa_oe" if "qa_oe" in config.downstream.max_text_len else "data.max_text_len"
 
@@ -225,16 +226,16 @@ def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
         return {"text_ids": ids[0], "text_mask": mask[0], "mask_position": positions[-1, 0],
                 "answer_id": torch.tensor(-100 if answer is None else answer)}
 
-    videos = _frames(run)
-    objective = OpenEndedObjective(run.model)
-    _finetune(run, objective, _TaskDataset(task_records(run, "qa_oe", "train", load_qa_oe), videos,
-                                           encode_item, True, config.seed), "qa_oe")
-    items = task_records(run, "qa_oe", "eval", load_qa_oe)
+    videos = _frames(config)
+    objective = OpenEndedObjective(model)
+    finetune(objective, _TaskDataset(task_records(config, keys, "qa_oe", "train", load_qa_oe), videos,
+                                     encode_item, True, config.seed), "qa_oe")
+    items = task_records(config, keys, "qa_oe", "eval", load_qa_oe)
     test = _TaskDataset(items, videos, encode_item, False, config.seed)
-    run.model.eval()
+    model.eval()
     predictions = []
-    with torch.no_grad(), autocast(run.device, run.config.precision):
-        for batch in _eval_batches(test, config.downstream.eval_batch_size, run.device):
+    with torch.no_grad(), autocast(device, config.precision):
+        for batch in _eval_batches(test, config.downstream.eval_batch_size, device):
             predictions += objective.answer_logits(batch).argmax(dim=-1).cpu().tolist()
     answers = [item.answer for item in items]
     vocabulary = len({a for a in answers})
@@ -242,7 +243,7 @@ def run_qa_oe(run: "Run") -> tuple[dict[str, float], dict[str, float]]:
             {"qa_oe/acc": 100.0 / max(1, vocabulary)})
 
 
-DOWNSTREAM_RUNNERS: dict[str, Callable[["Run"], tuple[dict[str, float], dict[str, float]]]] = {
+DOWNSTREAM_RUNNERS: dict[str, Runner] = {
     "retrieval": run_retrieval, "qa_mc": run_qa_mc, "qa_oe": run_qa_oe,
 }
 
