@@ -43,6 +43,7 @@ from mvm_targets.targets.registry import derived_spec  # noqa: E402
 from mvm_targets.video.decode import SamplingConfig  # noqa: E402
 from mvm_targets.video.inputs import discover_inputs  # noqa: E402
 from violet_core.config import RunConfig, load_config  # noqa: E402
+from violet_core.data.device_batch import to_device  # noqa: E402
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain  # noqa: E402
 from violet_core.data.tokenizer import build_tokenizer  # noqa: E402
 from violet_core.loop import autocast  # noqa: E402
@@ -81,6 +82,7 @@ class Source:
         batch = collate_pretrain(items)
         if self.online is not None:
             batch = self.online.fill(batch)  # outside autocast, as the trainer does
+        batch = to_device(batch, torch.device("cpu"))  # uint8 frames normalised as the trainer's stream does
         with autocast(torch.device("cpu"), "auto"):
             losses = self.objective(batch, self.generator, self.tokenizer.special_mask(batch["text_ids"]))
         self.optimizer.zero_grad(set_to_none=True)
