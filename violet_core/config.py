@@ -331,13 +331,19 @@ def _check_mvm_source(mvm: MvmConfig, need: Any) -> None:
 
 
 def _check_mvm_options(mvm: MvmConfig, need: Any) -> None:
-    """Every key of mvm.options names a ref of mvm.targets or its target name, and an online target takes
-    no storage codec (it is never stored)."""
+    """Every key of mvm.options names a ref of mvm.targets or its target name, a codec is a known one, and
+    an online target takes no storage codec (it is never stored)."""
+    from mvm_targets.store.codecs import CodecError, codec_named
     from mvm_targets.store.selection import CODEC_OPTION, options_for
 
-    for key in mvm.options:
+    for key, options in mvm.options.items():
         need(any(options_for({key: {}}, ref) is not None for ref in mvm.targets), "mvm.options",
              f"'{key}' is not among mvm.targets {list(mvm.targets)} (name a target or its reference)")
+        if CODEC_OPTION in options:
+            try:
+                codec_named(options[CODEC_OPTION])
+            except CodecError as error:
+                need(False, "mvm.options", f"{key}: {error}")
     for ref in mvm.online_targets:
         own = mvm.options_of(ref) or {}
         need(CODEC_OPTION not in own, "mvm.options",
