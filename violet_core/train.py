@@ -77,7 +77,7 @@ class Run:
         # online targets are computed in the training step from the augmented clip (docs/method.md §11):
         # the cache needs only their frames
         self.reader = CacheReader(Path(data.cache), data.dataset, targets=list(config.mvm.cached_targets),
-                                  frames_id=data.frames_id)
+                                  frames_id=data.frames_id, options=config.mvm.options)
         self.online: OnlineTargets | None = None
         if config.mvm.online_targets:
             self.online = OnlineTargets.from_config(config.mvm, self.device, *cached_geometry(self.reader))
