@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import register_target
 from mvm_targets.targets.spec import (Augmentation, CropRule, FlipRule, Grid, PaperScaling, TargetSpec,
                                       check_clip_batch, register_augmentation)
@@ -78,8 +77,8 @@ class DepthTarget:
 
     def __init__(self, variant: str, *, device: str | torch.device = "cpu", weights: WeightsMode = PRETRAINED,
                  weights_dir: Path | None = None, batch_size: int = 16, input_size: int | None = None,
-                 precision: str = "auto") -> None:
-        from mvm_targets.teachers.runtime import resolve_device, resolve_precision
+                 precision: str = "auto", channels_last: bool | str | None = None, compile: bool | str = False) -> None:
+        from mvm_targets.teachers.runtime import as_flag, resolve_channels_last, resolve_device, resolve_precision
 
         check_teacher_options("depth", variant, VARIANTS, weights, batch_size)
         self.teacher = "dpt-large" if variant == "paper" else variant
@@ -98,6 +97,9 @@ class DepthTarget:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.precision = resolve_precision(precision, self.device)
+        # speed only (layout of the convolutions, torch.compile): not in params, so not in the target id
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.compile = as_flag(compile, "compile")
         # Resolved now, so that a missing folder fails when the target is built, not mid-run.
         self.weights_path = DPT_WEIGHTS[self.teacher].require(weights_dir) if weights == PRETRAINED else None
 
@@ -127,7 +129,7 @@ class DepthTarget:
         from mvm_targets.teachers.runtime import load_teacher
 
         key = ("depth", self.teacher, str(self.weights_path) if self.weights_path else RANDOM, str(self.device))
-        return load_teacher(key, self._build)
+        return load_teacher(key, self._build, channels_last=self.channels_last)
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T, S, S) float16}."""
@@ -141,10 +143,10 @@ class DepthTarget:
                              f"{SIZE_MULTIPLE}; got S={size}")
         flat = torch.from_numpy(frames.reshape(batch * num_frames, size, size, 3))
         forward = functools.partial(_dpt_forward, self.model(), self.input_size, self.spec.variant == "paper")
-        depth = run_batched(forward, flat, self.batch_size, self.device, bf16=self.precision == "bf16").numpy()
-        # ReLU'd output is >= 0; the clip only stops a runaway random teacher from storing inf.
-        np.minimum(depth, FLOAT16_MAX, out=depth)
-        return {"data": to_float16(depth).reshape(batch, num_frames, size, size)}
+        # cast to the stored float16 on the device (after `_dpt_forward`'s clip to its largest value)
+        depth = run_batched(forward, flat, self.batch_size, self.device, bf16=self.precision == "bf16",
+                            out_dtype=torch.float16, compile=self.compile).numpy()
+        return {"data": depth.reshape(batch, num_frames, size, size)}
 
     def _build(self) -> torch.nn.Module:
         import torch
@@ -184,14 +186,15 @@ def preprocess(frames: torch.Tensor, input_size: int | None, imagenet: bool) -> 
 
 
 def _dpt_forward(model: torch.nn.Module, input_size: int | None, imagenet: bool, frames: torch.Tensor) -> torch.Tensor:
-    """(N, S, S, 3) uint8 on the device -> (N, S, S) float32 relative inverse depth."""
+    """(N, S, S, 3) uint8 on the device -> (N, S, S) float32 relative inverse depth, <= FLOAT16_MAX."""
     import torch.nn.functional as F
 
     size = frames.shape[1]
     depth = model(pixel_values=preprocess(frames, input_size, imagenet)).predicted_depth.float()  # (N, s, s)
     if depth.shape[-1] != size:
         depth = F.interpolate(depth[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return depth
+    # ReLU'd output is >= 0; the clip only stops a runaway random teacher from storing inf in float16.
+    return depth.clamp_max(FLOAT16_MAX)
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,12 +212,14 @@ def depth_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 
 @register_target("depth", variants=VARIANTS)
 def build_depth(variant: str, device: str = "cpu", weights: WeightsMode = PRETRAINED, weights_dir: Path | None = None,
-                batch_size: int = 16, input_size: int | None = None, precision: str = "auto") -> DepthTarget:
+                batch_size: int = 16, input_size: int | None = None, precision: str = "auto",
+                channels_last: bool | str | None = None, compile: bool | str = False) -> DepthTarget:
     """`depth:dpt-large` (default), `depth:dpt-hybrid` or `depth:paper`; see the module docstring.
 
     Options: device, weights ("pretrained" | "random"), weights_dir, batch_size (frames per forward),
     input_size (DPT input side for dpt-large / dpt-hybrid, default 384), precision ("auto" follows
-    the runtime's bf16 policy; "fp32"; "bf16").
+    the runtime's bf16 policy; "fp32"; "bf16"), channels_last (NHWC convolutions; default on CUDA) and
+    compile (torch.compile the forward); the last two change speed only and are not in the target id.
     """
     return DepthTarget(variant, device=device, weights=weights, weights_dir=weights_dir, batch_size=batch_size,
-                       input_size=input_size, precision=precision)
+                       input_size=input_size, precision=precision, channels_last=channels_last, compile=compile)

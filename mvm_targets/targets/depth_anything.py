@@ -20,7 +20,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from mvm_targets.targets import depth
-from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import register_target
 from mvm_targets.targets.spec import Grid, TargetSpec, check_clip_batch, register_augmentation
 from mvm_targets.teachers.weights import (PRETRAINED, RANDOM, WeightsEntry, WeightsMode, check_teacher_options,
@@ -62,8 +61,8 @@ class DepthAnythingTarget:
 
     def __init__(self, variant: str, *, device: str = "cpu", weights: WeightsMode = PRETRAINED,
                  weights_dir: Path | None = None, batch_size: int = 8, input_size: int = DEFAULT_INPUT_SIZE,
-                 precision: str = "auto") -> None:
-        from mvm_targets.teachers.runtime import resolve_device, resolve_precision
+                 precision: str = "auto", channels_last: bool | str | None = None, compile: bool | str = False) -> None:
+        from mvm_targets.teachers.runtime import as_flag, resolve_channels_last, resolve_device, resolve_precision
 
         check_teacher_options("depthany", variant, VARIANTS, weights, batch_size)
         if input_size < PATCH or input_size % PATCH:
@@ -71,6 +70,9 @@ class DepthAnythingTarget:
         self.variant, self.input_size, self.batch_size = variant, int(input_size), batch_size
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        # speed only (layout of the DPT head's convolutions, torch.compile): not in params or the id
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.compile = as_flag(compile, "compile")
         # resolved now, so that a missing folder fails when the target is built, not mid-run
         self.weights_path = WEIGHTS[variant].require(weights_dir) if weights == PRETRAINED else None
         params: dict[str, Any] = {
@@ -93,7 +95,7 @@ class DepthAnythingTarget:
         from mvm_targets.teachers.runtime import load_teacher
 
         key = ("depthany", self.variant, str(self.weights_path) if self.weights_path else RANDOM, str(self.device))
-        return load_teacher(key, self._build)
+        return load_teacher(key, self._build, channels_last=self.channels_last)
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T, S, S) float16}."""
@@ -104,9 +106,10 @@ class DepthAnythingTarget:
         batch, num_frames, size = check_clip_batch(frames)
         flat = torch.from_numpy(np.ascontiguousarray(frames).reshape(batch * num_frames, size, size, 3))
         forward = functools.partial(depth._dpt_forward, self.model(), self.input_size, True)  # ImageNet statistics
-        disparity = run_batched(forward, flat, self.batch_size, self.device, bf16=self.precision == "bf16").numpy()
-        np.minimum(disparity, depth.FLOAT16_MAX, out=disparity)  # stops a runaway random teacher storing inf
-        return {"data": to_float16(disparity).reshape(batch, num_frames, size, size)}
+        # clipped to float16's largest value in `_dpt_forward`, then cast to float16 on the device
+        disparity = run_batched(forward, flat, self.batch_size, self.device, bf16=self.precision == "bf16",
+                                out_dtype=torch.float16, compile=self.compile).numpy()
+        return {"data": disparity.reshape(batch, num_frames, size, size)}
 
     def _build(self) -> Any:
         import torch
@@ -136,7 +139,9 @@ def depthany_augmentation(variant: str, params: Mapping[str, Any]) -> Any:
 @register_target("depthany", variants=VARIANTS)
 def build_depthany(variant: str, device: str = "cpu", weights: WeightsMode = PRETRAINED,
                    weights_dir: Path | None = None, batch_size: int = 8, input_size: int = DEFAULT_INPUT_SIZE,
-                   precision: str = "auto") -> DepthAnythingTarget:
+                   precision: str = "auto", channels_last: bool | str | None = None,
+                   compile: bool | str = False) -> DepthAnythingTarget:
     """`depthany:v2-small` (default), `:v2-base` or `:v2-large`; options as `depth`'s (input_size: a multiple of 14)."""
     return DepthAnythingTarget(variant, device=device, weights=weights, weights_dir=weights_dir,
-                               batch_size=batch_size, input_size=int(input_size), precision=precision)
+                               batch_size=batch_size, input_size=int(input_size), precision=precision,
+                               channels_last=channels_last, compile=compile)

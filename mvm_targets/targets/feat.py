@@ -108,8 +108,9 @@ def feat_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 def build_feat(variant: str, model: str | None = None, layers: int | str | tuple = -1, normalize: str = "none",
                loss: str = "l2", input_size: int | None = None, device: str = "cpu", weights: str = PRETRAINED,
                weights_dir: Path | None = None, batch_size: int = 32,
-               precision: str = "auto") -> patch_grid.PatchFeatureTarget:
-    """`model=...`; `normalize`: none, layernorm (no affine), l2; `loss`: l2, l1 or cosine, each layer one term."""
+               precision: str = "auto", compile: bool | str = False) -> patch_grid.PatchFeatureTarget:
+    """`model=...`; `normalize`: none, layernorm (no affine), l2; `loss`: l2, l1 or cosine, each layer one term;
+    `compile`: torch.compile the forward (speed only, not in the id)."""
     if not model:
         raise TargetUnavailableError(f"feat:{variant} needs model=... (-o feat.model=<timm name or folder>)")
     if weights not in (PRETRAINED, RANDOM) or normalize not in NORMALIZE or loss not in ("l1", "l2", "cosine"):
@@ -146,4 +147,4 @@ def build_feat(variant: str, model: str | None = None, layers: int | str | tuple
     spec = TargetSpec(name="feat", variant=variant, version=1, grid=Grid.PATCH, dtype="float16", loss=loss,
                       clip_shape=patch_grid.PatchClipShape(sum(params["layer_dims"])), params=params, model_id=model_id,
                       augmentation=feat_augmentation(variant, params), loss_terms=tuple(params["layer_dims"]))
-    return patch_grid.PatchFeatureTarget(spec, extractor, batch_size, precision)
+    return patch_grid.PatchFeatureTarget(spec, extractor, batch_size, precision, compile=compile)

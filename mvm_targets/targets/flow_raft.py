@@ -57,11 +57,14 @@ class RaftFlowBackend:
             `runtime.resolve_precision`). fp32 is the default, not "auto": autocast
             would put the all-pairs correlation matmul in bf16 (~3 significant digits), and that
             volume is what RAFT's sub-pixel lookups read, so the flow itself would change.
+        channels_last: NHWC weights for cuDNN's fast convolutions (None / "auto": on CUDA only).
+        compile: run the forward through torch.compile. These two change speed only, not the id.
     """
 
     def __init__(self, model: str = "large", num_flow_updates: int = 12, *, device: str | torch.device = "cpu",
                  weights: WeightsMode = PRETRAINED, weights_dir: Path | None = None, batch_size: int = 16,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", channels_last: bool | str | None = None,
+                 compile: bool | str = False) -> None:
         if model not in RAFT_WEIGHTS:
             raise ValueError(f"unknown RAFT model '{model}'; choose one of {', '.join(RAFT_WEIGHTS)}")
         if num_flow_updates < 1:
@@ -70,11 +73,13 @@ class RaftFlowBackend:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if weights not in (PRETRAINED, RANDOM):
             raise ValueError(f"weights must be '{PRETRAINED}' or '{RANDOM}', got '{weights}'")
-        from mvm_targets.teachers.runtime import resolve_device, resolve_precision
+        from mvm_targets.teachers.runtime import as_flag, resolve_channels_last, resolve_device, resolve_precision
 
         self.model, self.num_flow_updates, self.batch_size = model, num_flow_updates, batch_size
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.channels_last = resolve_channels_last(channels_last, self.device)  # not in params: speed only
+        self.compile = as_flag(compile, "compile")
         entry = RAFT_WEIGHTS[model]
         # Resolved now, so that a missing file fails when the target is built, not mid-run.
         self.weights_path = entry.require(weights_dir) if weights == PRETRAINED else None
@@ -94,7 +99,7 @@ class RaftFlowBackend:
         from mvm_targets.teachers.runtime import load_teacher
 
         key = ("flow:raft", self.model, str(self.weights_path) if self.weights_path else RANDOM, str(self.device))
-        return load_teacher(key, self._build)
+        return load_teacher(key, self._build, channels_last=self.channels_last)
 
     def estimate(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """first, second: (P, S, S, 3) uint8 RGB -> (P, 2, S, S) float32 flow in pixels (u=x, v=y)."""
@@ -111,7 +116,7 @@ class RaftFlowBackend:
         pairs = torch.from_numpy(np.stack([first, second], axis=1))  # (P, 2, S, S, 3) uint8
         network = self.network()
         flow = run_batched(functools.partial(_raft_forward, network, self.num_flow_updates), pairs,
-                           self.batch_size, self.device, bf16=self.precision == "bf16")
+                           self.batch_size, self.device, bf16=self.precision == "bf16", compile=self.compile)
         return flow.numpy().astype(np.float32, copy=False)
 
     def _build(self) -> torch.nn.Module:

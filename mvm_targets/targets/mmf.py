@@ -156,8 +156,10 @@ def mmf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 
 @register_target("mmf", variants=VARIANTS)
 def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
-              batch_size: int = 32, post_layernorm: bool | str = False, precision: str = "auto") -> PatchFeatureTarget:
-    """`mmf:vit-b32` (the author's CLIP) or `mmf:vit-b16`; options `post_layernorm`, `precision`.
+              batch_size: int = 32, post_layernorm: bool | str = False, precision: str = "auto",
+              compile: bool | str = False) -> PatchFeatureTarget:
+    """`mmf:vit-b32` (the author's CLIP) or `mmf:vit-b16`; options `post_layernorm`, `precision`, `compile`
+    (torch.compile the forward; speed only, not in the id).
 
     precision: "auto" (bf16 where the runtime says it helps, else fp32), "fp32" or "bf16"; the
     effective one is recorded in the spec, so it is part of the target id.
@@ -200,4 +202,4 @@ def build_mmf(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         augmentation=mmf_augmentation(variant, params),
         paper_scaling=PaperScaling("sum", 1 / 3, "not released; assumed to follow SIF"),
     )
-    return PatchFeatureTarget(spec, extractor, batch_size, precision)
+    return PatchFeatureTarget(spec, extractor, batch_size, precision, compile=compile)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.spec import PATCH_PX, TargetSpec
 from mvm_targets.teachers import runtime
 from mvm_targets.teachers.weights import sha256_of
@@ -166,10 +165,11 @@ class PatchFeatureTarget:
     chunks of `batch_size` (`runtime.run_batched`: inference mode, bf16 autocast when `precision`
     is "bf16"). `precision` is the effective one ("fp32" / "bf16", `runtime.resolve_precision`),
     and `spec.params["precision"]` must record it (bf16 changes the values, so it is part of the id).
+    `compile` runs the teacher's forward through torch.compile; it changes speed only, so no id records it.
     """
 
     def __init__(self, spec: TargetSpec, extractor: FeatureExtractor, batch_size: int = 32,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", compile: bool | str = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         precision = runtime.resolve_precision(precision, runtime.resolve_device(extractor.device))
@@ -177,6 +177,7 @@ class PatchFeatureTarget:
             raise ValueError(f"spec.params['precision'] must record the effective precision '{precision}', "
                              f"got {spec.params.get('precision')!r}")
         self.spec, self.extractor, self.batch_size, self.precision = spec, extractor, batch_size, precision
+        self.compile = runtime.as_flag(compile, "compile")
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, T, (S/32)**2, D) float16}."""
@@ -190,8 +191,10 @@ class PatchFeatureTarget:
             return to_patch_grid(self.extractor.features(chunk), side)
 
         device = runtime.resolve_device(self.extractor.device)
-        features = runtime.run_batched(run, images, self.batch_size, device, bf16=self.precision == "bf16")  # (N, side^2, D) float32
-        data = to_float16(features.numpy())
+        # cast to the stored float16 on the device: half the bytes travel back
+        features = runtime.run_batched(run, images, self.batch_size, device, bf16=self.precision == "bf16",
+                                       out_dtype=torch.float16, compile=self.compile)  # (N, side^2, D)
+        data = features.numpy()
         return {"data": data.reshape(batch, num_frames, side * side, -1)}
 
 

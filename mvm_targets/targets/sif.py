@@ -192,13 +192,15 @@ def sif_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 @register_target("sif", variants=VARIANTS)
 def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weights_dir: Path | None = None,
               batch_size: int = 32, model: str | None = None, norm: bool | str = False,
-              model_kwargs: dict[str, Any] | None = None, precision: str = "auto") -> PatchFeatureTarget:
+              model_kwargs: dict[str, Any] | None = None, precision: str = "auto",
+              compile: bool | str = False) -> PatchFeatureTarget:
     """`sif:swin-b-in22k` (the paper's teacher) or `sif:timm` with `model="<timm name>"`.
 
     Options: `norm` (False: last stage before the final norm, as the official code; True: after it),
     `model_kwargs` (passed to `timm.create_model`, e.g. a smaller architecture for tests),
     `precision` ("auto": bf16 where the runtime says it helps, else fp32; "fp32"; "bf16"; the effective
-    one is recorded in the spec, so it is part of the target id). Weights: see the module docstring.
+    one is recorded in the spec, so it is part of the target id), `compile` (torch.compile the forward;
+    speed only, not in the id). Weights: see the module docstring.
     """
     if variant == "swin-b-in22k":
         if model is not None and resolve_model_name(model) != DEFAULT_MODEL:
@@ -248,7 +250,7 @@ def build_sif(variant: str, device: str = "cpu", weights: str = PRETRAINED, weig
         augmentation=sif_augmentation(variant, params),
         paper_scaling=PaperScaling("sum", 1 / 3, "released code: sum over D per masked patch / 3"),
     )
-    return PatchFeatureTarget(spec, extractor, batch_size, precision)
+    return PatchFeatureTarget(spec, extractor, batch_size, precision, compile=compile)
 
 
 def _as_bool(value: bool | str, name: str) -> bool:

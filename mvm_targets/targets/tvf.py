@@ -23,11 +23,10 @@ import torch
 
 from mvm_targets.backbones.video_swin import SwinTransformer3D, build_video_swin, video_swin_config
 from mvm_targets.backbones.video_swin_weights import load_official_checkpoint
-from mvm_targets.targets.half import to_float16
 from mvm_targets.targets.registry import UnknownTargetError, register_target
 from mvm_targets.targets.spec import (Augmentation, ClipScope, CropRule, FlipRule, Grid, PATCH_PX, PaperScaling,
                                       TargetSpec, register_augmentation)
-from mvm_targets.teachers.runtime import load_teacher, resolve_device, resolve_precision, run_batched
+from mvm_targets.teachers.runtime import as_flag, load_teacher, resolve_device, resolve_precision, run_batched
 from mvm_targets.teachers.weights import PRETRAINED, RANDOM, WeightsEntry, register_weights, sha256_of
 
 _RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.4/"
@@ -79,13 +78,14 @@ class TVFTarget:
     """Video Swin features per frame: (B, T, S, S, 3) uint8 -> (B, T, (S/32)^2, C_last) float16."""
 
     def __init__(self, variant: str, model: SwinTransformer3D, device: torch.device, batch_size: int,
-                 params: dict[str, Any], model_id: str, precision: str = "fp32") -> None:
+                 params: dict[str, Any], model_id: str, precision: str = "fp32", compile: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.device = device
         self.batch_size = batch_size
         self.precision = resolve_precision(precision, device)
+        self.compile = compile  # speed only: not in params, so not in the target id
         if params.get("precision") != self.precision:
             raise ValueError(f"params['precision'] must record the effective precision '{self.precision}', "
                              f"got {params.get('precision')!r}")
@@ -113,10 +113,11 @@ class TVFTarget:
         if batch == 0:
             return {"data": np.zeros((0, *shape), np.float16)}
         # uint8 crosses to the device (4x less traffic than float32); normalisation happens there
+        # ... and the features come back already cast to the stored float16 (half the bytes)
         features = run_batched(self._features, torch.from_numpy(np.ascontiguousarray(frames)), self.batch_size,
-                               self.device, bf16=self.precision == "bf16")  # (B, T, h, w, C) float32
-        data = features.reshape(batch, num_frames, -1, features.shape[-1]).numpy()
-        return {"data": to_float16(data)}
+                               self.device, bf16=self.precision == "bf16", out_dtype=torch.float16,
+                               compile=self.compile)  # (B, T, h, w, C) float16
+        return {"data": features.reshape(batch, num_frames, -1, features.shape[-1]).numpy()}
 
     def _features(self, chunk: torch.Tensor) -> torch.Tensor:
         """(b, T, S, S, 3) uint8 -> (b, T, h, w, C)."""
@@ -135,7 +136,7 @@ def tvf_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 @register_target("tvf", variants=("k600", "k400"))
 def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = PRETRAINED,
               weights_dir: Path | str | None = None, batch_size: int = 8, arch: str = "swin-b",
-              precision: str = "auto", allow_pickle: bool = False) -> TVFTarget:
+              precision: str = "auto", allow_pickle: bool = False, compile: bool | str = False) -> TVFTarget:
     """`tvf:k600` (the paper's teacher) or `tvf:k400`.
 
     weights: "pretrained" loads the official checkpoint from the weights folder (MissingWeightsError
@@ -144,7 +145,7 @@ def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = P
     forward pass. precision: "auto" (bf16 where the runtime says it is fast, else fp32), "fp32" or
     "bf16"; the effective one is recorded in the spec, so it is part of the target id.
     allow_pickle: read a checkpoint whose metadata the safe tensor-only reader refuses (runs code
-    from the file; only for files you trust).
+    from the file; only for files you trust). compile: torch.compile the forward (speed only, not in the id).
     """
     if variant not in TVF_WEIGHTS:
         raise UnknownTargetError(f"unknown variant '{variant}' for target 'tvf'; known variants: "
@@ -178,4 +179,5 @@ def build_tvf(variant: str, device: str | torch.device = "cpu", weights: str = P
 
         key = ("tvf", config, PRETRAINED, params["weights_sha256"], str(resolved))
     model = load_teacher(key, build)
-    return TVFTarget(variant, model, resolved, batch_size, params, model_id, precision)  # type: ignore[arg-type]
+    return TVFTarget(variant, model, resolved, batch_size, params, model_id, precision,  # type: ignore[arg-type]
+                     compile=as_flag(compile, "compile"))

@@ -81,12 +81,17 @@ class VQTarget:
     """
 
     def __init__(self, variant: str, *, device: str | torch.device = "cpu", weights: WeightsMode = PRETRAINED,
-                 weights_dir: Path | None = None, batch_size: int = 32, allow_pickle: bool = False) -> None:
-        from mvm_targets.teachers.runtime import resolve_device
+                 weights_dir: Path | None = None, batch_size: int = 32, allow_pickle: bool = False,
+                 channels_last: bool | str | None = None, compile: bool | str = False) -> None:
+        from mvm_targets.teachers.runtime import as_flag, resolve_channels_last, resolve_device
 
         check_teacher_options("vq", variant, VARIANTS, weights, batch_size)
         self.variant, self.batch_size = variant, batch_size
         self.device = resolve_device(device)
+        # speed only (NHWC convolutions, torch.compile), so not in params or the id; an id may still
+        # differ where two logits tie to within rounding, as it may between two cuDNN algorithms
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.compile = as_flag(compile, "compile")
         allow_pickle = _as_bool(allow_pickle, "allow_pickle")
         self.weights_path = _pick_weights_file(weights_dir, allow_pickle) if weights == PRETRAINED else None
         encoder = self.encoder()
@@ -101,7 +106,8 @@ class VQTarget:
             model_id = "random:dall-e-encoder"
         else:
             # Of the tensors, not of the file: encoder.pkl and its safetensors conversion give one id.
-            params["weights_sha256"] = _state_sha256_once(str(self.weights_path), str(self.device))
+            params["weights_sha256"] = _state_sha256_once(str(self.weights_path), str(self.device),
+                                                          self.channels_last)
             model_id = "openai:dall-e/encoder"
         grid, clip_shape = (Grid.TOKEN, vq_clip_shape_v2) if variant == "v2" else (Grid.PATCH, vq_clip_shape_v1)
         self.spec = TargetSpec(
@@ -118,7 +124,8 @@ class VQTarget:
         from mvm_targets.teachers.runtime import load_teacher
 
         key = ("vq", str(self.weights_path) if self.weights_path else RANDOM, str(self.device))
-        return load_teacher(key, functools.partial(_build_encoder, self.weights_path, self.device))
+        return load_teacher(key, functools.partial(_build_encoder, self.weights_path, self.device),
+                            channels_last=self.channels_last)
 
     def compute(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: (B, T, S, S, 3) uint8 -> {"data": (B, *spec.clip_shape(T, S)) uint16}."""
@@ -133,9 +140,11 @@ class VQTarget:
         flat = torch.from_numpy(frames.reshape(batch * num_frames, size, size, 3))
         downsample = 1 if self.variant == "v2" else V1_DOWNSAMPLE
         forward = functools.partial(_tokens, self.encoder(), downsample)
-        # bf16=False: the dVAE is run in float32, as the official code does.
-        ids = run_batched(forward, flat, self.batch_size, self.device, bf16=False)  # float32 holds ids < 2^24 exactly
-        return {"data": ids.numpy().astype(np.uint16).reshape(batch, *self.spec.clip_shape(num_frames, size))}
+        # bf16=False: the dVAE is run in float32, as the official code does. The ids are cast to the
+        # stored uint16 on the device (the vocabulary fits, checked when built): a quarter of int64's bytes.
+        ids = run_batched(forward, flat, self.batch_size, self.device, bf16=False, out_dtype=torch.uint16,
+                          compile=self.compile)
+        return {"data": ids.numpy().reshape(batch, *self.spec.clip_shape(num_frames, size))}
 
 
 def _tokens(encoder: torch.nn.Module, downsample: int, frames: torch.Tensor) -> torch.Tensor:
@@ -265,13 +274,15 @@ def _file_sha256_once(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _state_sha256_once(path: str, device: str) -> str:
-    """sha256 over the loaded encoder's tensors (names, dtypes, shapes, bytes, in name order)."""
+def _state_sha256_once(path: str, device: str, channels_last: bool = False) -> str:
+    """sha256 over the loaded encoder's tensors (names, dtypes, shapes, bytes, in name order); the
+    same for either memory layout, as each tensor is made contiguous first."""
     import torch
 
     from mvm_targets.teachers.runtime import load_teacher
 
-    encoder = load_teacher(("vq", path, device), functools.partial(_build_encoder, Path(path), torch.device(device)))
+    encoder = load_teacher(("vq", path, device), functools.partial(_build_encoder, Path(path), torch.device(device)),
+                           channels_last=channels_last)
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
@@ -291,11 +302,14 @@ def vq_augmentation(variant: str, params: Mapping[str, Any]) -> Augmentation:
 
 @register_target("vq", variants=VARIANTS)
 def build_vq(variant: str, device: str = "cpu", weights: WeightsMode = PRETRAINED, weights_dir: Path | None = None,
-             batch_size: int = 32, allow_pickle: bool = False) -> VQTarget:
+             batch_size: int = 32, allow_pickle: bool = False, channels_last: bool | str | None = None,
+             compile: bool | str = False) -> VQTarget:
     """`vq:v2` (default, 28 x 28 tokens per 224^2 frame) or `vq:v1` (7 x 7); see the module docstring.
 
     Options: device, weights ("pretrained" | "random"), weights_dir, batch_size (frames per forward),
-    allow_pickle (trust dall-e/encoder.pkl when no converted safetensors file is present).
+    allow_pickle (trust dall-e/encoder.pkl when no converted safetensors file is present),
+    channels_last (NHWC convolutions; default on CUDA) and compile (torch.compile the forward), which
+    change speed only and are not in the target id.
     """
     return VQTarget(variant, device=device, weights=weights, weights_dir=weights_dir, batch_size=batch_size,
-                    allow_pickle=allow_pickle)
+                    allow_pickle=allow_pickle, channels_last=channels_last, compile=compile)
