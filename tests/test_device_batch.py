@@ -307,5 +307,11 @@ def test_a_tiny_run_logs_the_numbers_of_the_cpu_normalised_path(workspace):
     assert len(on_device) == len(RECORDED)
     for line, recorded in zip(on_device, RECORDED):
         for name, value in recorded.items():
-            # recorded on one machine: another CPU may round float32 reductions differently
-            assert line[name] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5)), (line, name)
+            if isinstance(value, str):
+                assert line[name] == value, (line, name)
+                continue
+            if name.startswith("retrieval/"):  # ranks of 2 videos: a rounding difference could swap them
+                continue
+            # recorded on one machine: another CPU (AVX2 against AVX-512 kernels) sums float32 in another
+            # order, and five steps amplify that; a changed input pipeline moves these by far more than 1e-3
+            assert line[name] == pytest.approx(value, rel=1e-3), (line, name)
