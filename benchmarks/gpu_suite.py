@@ -9,14 +9,19 @@ budget is spent or something it needs is missing):
   mvm       the overhead of a cached MVM target per layout (patch features, dense pixels, tokens);
   search    the largest batch that fits (doubling, then bisection), and the step there;
   compiled  the same step with the video and fusion encoders compiled (violet_core/compiled.py),
-            at batch 8 and at the largest batch; compile time reported apart from step time.
+            at batch 8 and at the largest batch; compile time reported apart from step time;
+  teachers  MVM teachers through `Target.compute` at random weights (benchmarks/teacher_bench.py):
+            clips/s, GFLOP per clip and MFU for sif, mmf, tvf, vq (when dall_e imports), depth and
+            flow:raft at T=4, 224 px, eager / channels_last (convolutional ones) / compiled. It needs
+            minutes of its own: run it as `--only teachers --budget-s 540`.
 
     PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR]       # writes DIR/gpu_suite.json
     PYTHONPATH=. python benchmarks/gpu_suite.py --smoke           # CPU, tiny model, seconds
 
 The JSON goes to --out, else to $OUT when set. Inputs are synthetic tensors of the trainer's batch
 layout (no video decoding, no shard store), so this needs only torch, transformers, h5py, numpy
-and this repository; nothing here imports PyAV, DALL-E or OpenCV.
+and this repository; nothing here imports PyAV, DALL-E or OpenCV (the teachers section measures vq
+only where DALL-E imports, and needs timm for sif).
 
 MFU = step FLOPs / step time / peak, against the data-sheet dense bf16 peak of a known GPU (or
 --peak-tflops) and against the measured matmul rate. FLOPs are counted on the eager step; the
@@ -46,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
+import teacher_bench  # noqa: E402
 
 from violet_core.config import ModelConfig, OptimConfig  # noqa: E402
 from violet_core.loop import autocast  # noqa: E402
@@ -478,6 +484,39 @@ class Suite:
         self.results.setdefault("compiled", {})[str(batch)] = row
         self.compile_s = compile_s
 
+    def teachers(self) -> None:
+        from mvm_targets.teachers import runtime
+
+        if self.args.compile_backend:
+            runtime.COMPILE_OPTIONS["backend"] = self.args.compile_backend
+        chosen = teacher_bench.SMOKE_TEACHERS if self.args.smoke else teacher_bench.TEACHERS
+        if self.args.teachers:
+            chosen = {name: chosen[name] for name in self.args.teachers}
+        clips = teacher_bench.synthetic_clips(self.args.teacher_clips, self.args.teacher_frames, self.args.teacher_size)
+        rows: dict[str, Any] = {"clips": self.args.teacher_clips, "frames": self.args.teacher_frames,
+                                "size": self.args.teacher_size}
+        for name, teacher in chosen.items():
+            reason = teacher_bench.unavailable(teacher)
+            left = self.args.budget_s - self.elapsed()
+            if reason is None and left < (0.0 if self.args.smoke else 30.0):
+                reason = f"time budget: {max(left, 0):.0f} s of {self.args.budget_s:.0f} s left"
+            if reason is not None:
+                self.skip(f"teachers.{name}", reason)
+                continue
+            try:
+                rows[name] = teacher_bench.measure(teacher, self.device, clips, self.args.teacher_steps, self.rates,
+                                                   lambda: self.args.budget_s - self.elapsed(), _CPU_ATTENTION_FLOPS)
+            except Exception as error:  # one teacher failing (a missing package) must not cost the others
+                self.skip(f"teachers.{name}", f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}")
+                if self.args.verbose:
+                    traceback.print_exc()
+                continue
+            finally:
+                release(self.device)
+            for setting, row in rows[name].items():
+                print(teacher_bench.line(name, setting, row), flush=True)
+        self.results["teachers"] = rows
+
     def execute(self) -> dict[str, Any]:
         if self.wanted("matmul"):
             self.run("matmul", self.matmul)
@@ -500,6 +539,8 @@ class Suite:
                 self.skip("compiled_largest", f"the largest batch is the fixed batch {large}, measured above")
             elif "compiled" in self.results and self.wanted("compiled", needs_s=1.5 * self.compile_s):
                 self.run("compiled_largest", lambda: self.compiled(large))
+        if self.wanted("teachers", needs_s=0.0 if self.args.smoke else 60.0):
+            self.run("teachers", self.teachers)
         self.results["wall_s"] = self.elapsed()
         return self.results
 
@@ -525,8 +566,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone-lr-mult", type=float, default=1.0,
                         help="0 freezes the Video Swin, as the tiny CPU config does (default 1: trained)")
     parser.add_argument("--compile-backend", help="torch.compile backend (default inductor; smoke: eager)")
-    parser.add_argument("--only", nargs="+", choices=("matmul", "eager", "profile", "mvm", "search", "compiled"),
+    parser.add_argument("--only", nargs="+",
+                        choices=("matmul", "eager", "profile", "mvm", "search", "compiled", "teachers"),
                         help="run only these sections")
+    parser.add_argument("--teachers", nargs="+", choices=sorted(teacher_bench.TEACHERS),
+                        help="teachers to measure (default: all; smoke: a tiny tvf)")
+    parser.add_argument("--teacher-clips", type=int, help="clips per compute call (default 8; smoke 1)")
+    parser.add_argument("--teacher-frames", type=int, help="frames per clip (default 4; smoke 2)")
+    parser.add_argument("--teacher-size", type=int, help="frame side in px (default 224; smoke 64)")
+    parser.add_argument("--teacher-steps", type=int, help="timed compute calls per setting (default 3; smoke 1)")
     parser.add_argument("--budget-s", type=float, help="skip sections once this much time is spent (default 270)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs only)")
     parser.add_argument("--out", help="folder for gpu_suite.json (default $OUT when set)")
@@ -535,9 +583,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # smoke: one thread, as a small model on a busy CPU spends its time waiting for descheduled threads
     defaults = dict(shape="smoke", device="cpu", batch=2, max_batch=4, granule=1, steps=2, warmup=0, matmul_n=128,
-                    compile_backend="eager", budget_s=120.0, threads=1) if args.smoke else \
+                    compile_backend="eager", budget_s=120.0, threads=1, teacher_clips=1, teacher_frames=2,
+                    teacher_size=64, teacher_steps=1) if args.smoke else \
         dict(shape="base", device="cuda" if torch.cuda.is_available() else "cpu", batch=8, max_batch=512, granule=4,
-             steps=10, warmup=3, matmul_n=None, compile_backend=None, budget_s=270.0, threads=None)
+             steps=10, warmup=3, matmul_n=None, compile_backend=None, budget_s=270.0, threads=None, teacher_clips=8,
+             teacher_frames=4, teacher_size=224, teacher_steps=3)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -545,7 +595,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.matmul_n = 8192 if args.device.startswith("cuda") else 1024
     if args.size is not None and (args.size <= 0 or args.size % 32):
         parser.error(f"--size {args.size}: must be a positive multiple of 32 (the model's patch grid)")
-    for key in ("batch", "max_batch", "granule", "steps", "matmul_n"):
+    if args.smoke and args.teachers and set(args.teachers) - set(teacher_bench.SMOKE_TEACHERS):
+        parser.error(f"--teachers: the smoke run measures only {', '.join(teacher_bench.SMOKE_TEACHERS)}")
+    if args.teacher_size <= 0 or args.teacher_size % 32:
+        parser.error(f"--teacher-size {args.teacher_size}: must be a positive multiple of 32 (the teachers' patch grid)")
+    for key in ("batch", "max_batch", "granule", "steps", "matmul_n", "teacher_clips", "teacher_frames",
+                "teacher_steps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -104,6 +104,14 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert all(report["mvm"][k]["step_s"] > 0 for k in ("none", "patch", "dense", "token"))
     assert report["profile"] and all(row["self_ms"] >= 0 for row in report["profile"])
     assert "largest batch that fits: 4" in result.stdout
+    teachers = report["teachers"]
+    assert (teachers["clips"], teachers["frames"], teachers["size"]) == (1, 2, 64)
+    assert set(teachers["tvf"]) == {"eager", "compiled"}  # a transformer: no channels_last row
+    for setting, row in teachers["tvf"].items():
+        assert row["call_s"] > 0 and row["clips_per_s"] == pytest.approx(1 / row["call_s"])
+        assert row["gflop_per_clip"] > 0 and row["compile"] == (setting == "compiled")
+        assert row["achieved_tflops"] == pytest.approx(row["gflop_per_clip"] / 1e3 / row["call_s"])
+    assert "teacher tvf" in result.stdout
 
 
 def test_bad_arguments_are_one_line_errors(suite, capsys):
@@ -111,3 +119,14 @@ def test_bad_arguments_are_one_line_errors(suite, capsys):
         suite.parse_args(["--smoke", "--size", "100"])
     assert exit_info.value.code == 2
     assert "--size 100: must be a positive multiple of 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--teacher-size", "100"])
+    assert "--teacher-size 100: must be a positive multiple of 32" in capsys.readouterr().err
+
+
+def test_teacher_settings_measure_channels_last_only_where_convolutions_run(suite):
+    bench = sys.modules["teacher_bench"]
+    assert set(bench.settings(bench.TEACHERS["depth"])) == {"eager", "channels_last", "compiled"}
+    assert bench.settings(bench.TEACHERS["flow:raft"])["eager"] == {"compile": False, "channels_last": False}
+    assert set(bench.settings(bench.TEACHERS["sif"])) == {"eager", "compiled"}
+    assert set(bench.TEACHERS) == {"sif", "mmf", "tvf", "vq", "depth", "flow:raft"}

@@ -113,7 +113,8 @@ def test_channels_last_teacher_is_a_separate_nhwc_copy(monkeypatch):
 def test_compiled_functions_are_built_once_per_function(monkeypatch):
     made = []
     monkeypatch.setattr(runtime, "_COMPILED", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: made.append(fn) or fn)
+    monkeypatch.setattr(runtime, "COMPILE_OPTIONS", {"backend": "eager"})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: made.append((fn, kw)) or fn)
     model = _ConvNet()
 
     def forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ def test_compiled_functions_are_built_once_per_function(monkeypatch):
     # targets make a new partial per batch: the same function and network must reuse one wrapper
     for _ in range(3):
         runtime.run_batched(functools.partial(forward, model), _inputs(2), 2, CPU, bf16=False, compile=True)
-    assert len(made) == 1
+    assert len(made) == 1 and made[0][1] == {"backend": "eager"}
     runtime.run_batched(functools.partial(forward, _ConvNet()), _inputs(2), 2, CPU, bf16=False, compile=True)
     assert len(made) == 2  # another network, another compiled function
 

@@ -121,6 +121,8 @@ def resolve_channels_last(value: bool | str | None, device: str | torch.device) 
 
 # compiled forwards, keyed like the probe memo: a new wrapper per call would not reuse dynamo's cache
 _COMPILED: dict[tuple, Callable] = {}
+# keyword arguments of that torch.compile call (e.g. a benchmark's {"backend": "eager"} on a CPU)
+COMPILE_OPTIONS: dict[str, Any] = {}
 
 
 def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -129,8 +131,16 @@ def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tens
     key = _function_key(fn)
     wrapper = _COMPILED.get(key)
     if wrapper is None:
-        wrapper = _COMPILED[key] = torch.compile(fn)
+        wrapper = _COMPILED[key] = torch.compile(fn, **COMPILE_OPTIONS)
     return wrapper
+
+
+def forget_teachers() -> None:
+    """Drop every loaded teacher, compiled forward and probe result, so that their memory can go
+    (a benchmark measuring one teacher after another)."""
+    _TEACHERS.clear()
+    _COMPILED.clear()
+    _ELEMENTS_PER_ITEM.clear()
 
 
 # CUDA kernels index with 32-bit ints: several (upsample_bilinear2d_nhwc, some convolutions) refuse a
