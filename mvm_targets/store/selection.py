@@ -23,6 +23,8 @@ part of each that is exact:
   default still pins that value). The stored set must agree with the optioned spec on exactly those
   keys. Keys that follow the weights are the same in both weight-free builds, so they never take part;
   an option that changes no param selects nothing, since every candidate holds the values it asks for.
+- a target that cannot be built without options (one that must be told which model to load) is
+  compared on the params its options are recorded under, as the optioned build records them;
 - a target this install cannot build (no module registers it, or it is unavailable here) has each
   option compared with the stored param of the same name.
 """
@@ -112,14 +114,19 @@ def _controlled_params(name: str, variant: str, encoded: str) -> tuple[tuple[str
     options = json.loads(encoded)
     try:
         with_options = _weightless_params(name, variant, options)
-        without = _weightless_params(name, variant, {})
     except TargetOptionsError:
         raise
     except MvmTargetsError:
         # not buildable here: the best evidence left is a param recorded under the option's own name
         return tuple(sorted((k, _plain(v)) for k, v in options.items()))
-    keys = {k for k in options if k in with_options}
-    keys |= {k for k in set(with_options) | set(without) if with_options.get(k, _ABSENT) != without.get(k, _ABSENT)}
+    keys = {k for k in options if k in with_options}  # as the target records them ("-1,-2" -> [-1, -2])
+    try:
+        without = _weightless_params(name, variant, {})
+    except MvmTargetsError:
+        without = None  # a target that cannot be built without options (a model to name): their own keys only
+    if without is not None:
+        keys |= {k for k in set(with_options) | set(without)
+                 if with_options.get(k, _ABSENT) != without.get(k, _ABSENT)}
     return tuple(sorted((k, with_options.get(k, _ABSENT)) for k in keys))
 
 
