@@ -3,6 +3,8 @@
 A reference is `name[:variant]` (aliases allowed, a bare name meaning the default variant) plus
 options for that target. `runtime` settings (device, weights, weights_dir, batch_size, ...) are the
 caller's: each goes only to the factories whose signature takes it, and None means "not given".
+Among them `compile` and `channels_last` (mvm_targets/teachers/runtime.py) change a teacher's speed,
+not its values, so they reach the factories that take them without entering any target id.
 Per-target `options` are keyed by target name (`{"flow": {"preset": "fast"}}`) and go to that
 target's factory as they are, so a wrong one is an error naming the target and the option. One option
 is the store's, not the factory's: `codec` (`{"hog": {"codec": "int8"}}`) picks how the target's values

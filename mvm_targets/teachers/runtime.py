@@ -3,7 +3,7 @@
 Every teacher target calls `load_teacher(key, build)` so that one process builds each network
 once, however many targets or batches use it, and runs it through `run_batched`, which splits
 the input into chunks, disables autograd and applies the autocast policy. On CUDA `run_batched`
-also keeps the device busy (docs/method.md §8): inputs travel from pinned host memory on a side
+also keeps the device busy (docs/method.md §4): inputs travel from pinned host memory on a side
 stream, the next chunk's copy overlapping the current chunk's compute, and results are cast on the
 device to the dtype they are stored in before one copy back each, with one synchronisation at the
 end. Two runtime settings change only speed, never a target id: `channels_last` (convolutional
