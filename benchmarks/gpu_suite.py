@@ -124,10 +124,10 @@ def synthetic_batch(shape: Shape, batch: int, device: torch.device, infos: list[
     targets = {}
     for info in infos:
         if info.loss == "ce":
-            targets[info.ref] = torch.randint(0, int(info.params["vocab_size"]), (batch, *info.clip_shape),
+            targets[info.key] = torch.randint(0, int(info.params["vocab_size"]), (batch, *info.clip_shape),
                                               generator=generator)
         else:
-            targets[info.ref] = torch.randn(batch, *info.clip_shape, generator=generator)
+            targets[info.key] = torch.randn(batch, *info.clip_shape, generator=generator)
     out = {"video": video, "text_ids": ids, "text_mask": (positions < lengths[:, None]).long(), "targets": targets,
            "extras": {}}
     return {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))

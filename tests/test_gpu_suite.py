@@ -66,7 +66,7 @@ def test_synthetic_batch_has_the_trainer_layout(suite):
     special = suite.special_mask(ids)
     assert special.sum().item() == 2 * 5 + (keep == 0).sum().item()
     for info in infos:
-        assert batch["targets"][info.ref].shape == (5, *info.clip_shape)
+        assert batch["targets"][info.key].shape == (5, *info.clip_shape)
 
 
 BLOCKER = """

@@ -114,7 +114,7 @@ def test_the_terms_are_summed_into_the_total_once():
     prediction, target, mask = case()
     _, t, m = tensors(prediction, target, mask)
     p = torch.from_numpy(prediction.astype(np.float32)).requires_grad_(True)
-    losses = objective.losses({target_info.key: p}, {target_info.ref: t}, m)
+    losses = objective.losses({target_info.key: p}, {target_info.key: t}, m)
     assert set(losses) == {"mvm_layers_x", "mvm_layers_x/0", "mvm_layers_x/1"}
     want = oracle(prediction, target, mask, "l2", "mean")
     assert [float(losses[f"mvm_layers_x/{i}"]) for i in range(2)] == pytest.approx(want, rel=1e-5)
@@ -185,7 +185,7 @@ def test_loss_terms_round_trip_through_a_shard(tmp_path, declared):
     (read,) = read_target_infos(reader, ["layers:x"])
     assert read.loss_terms == (WIDTHS if declared else None)
     p, t, m = tensors(*case())
-    losses = MvmObjective([read], hidden=8).losses({read.key: p}, {read.ref: t}, m)
+    losses = MvmObjective([read], hidden=8).losses({read.key: p}, {read.key: t}, m)
     assert sorted(losses) == (["mvm_layers_x", "mvm_layers_x/0", "mvm_layers_x/1"] if declared else ["mvm_layers_x"])
 
 

@@ -161,7 +161,7 @@ def test_loss_gradient_is_zero_at_unmasked_predictions(target_info):
 def test_features_get_gradient_only_at_masked_tokens():
     objective = MvmObjective([PIXEL, SIF, VQ], HID).eval()
     x = features(grad=True)
-    targets = {i.ref: random_target(i) for i in (PIXEL, SIF, VQ)}
+    targets = {i.key: random_target(i) for i in (PIXEL, SIF, VQ)}
     sum(objective(x, targets, some_mask()).values()).backward()
     assert torch.equal(x.grad.abs().sum(dim=-1) > 0, some_mask())
 
@@ -370,7 +370,7 @@ def test_sif_and_tvf_get_separate_heads_and_losses():
 
 def test_objective_keys_follow_refs_and_sum_all_targets():
     objective = MvmObjective(ALL, HID).eval()
-    targets = {i.ref: random_target(i) for i in ALL}
+    targets = {i.key: random_target(i) for i in ALL}
     losses = objective(features(), targets, some_mask(), {"flow/max_magnitude": torch.zeros(B, T - 1)})
     assert set(losses) == {"mvm_pixel", "mvm_depth", "mvm_flow", "mvm_sif", "mvm_hog_maskfeat", "mvm_vq",
                            "mvm_vq_v1"}
@@ -378,7 +378,7 @@ def test_objective_keys_follow_refs_and_sum_all_targets():
     preds = objective.predict(features())
     for target_info in ALL:
         torch.testing.assert_close(losses[f"mvm_{target_info.key}"],
-                                   target_loss(target_info, preds[target_info.key], targets[target_info.ref],
+                                   target_loss(target_info, preds[target_info.key], targets[target_info.key],
                                                some_mask()))
 
 
@@ -390,7 +390,7 @@ def test_shape_mismatch_names_target_and_shapes():
         objective(features(), {"sif": bad}, some_mask())
     with pytest.raises(ValueError, match="target 'pixel' has shape"):
         MvmObjective([PIXEL], HID)(features(), {"pixel": torch.zeros(B, T, 3, 32, 32)}, some_mask())
-    with pytest.raises(ValueError, match="'sif' is missing"):
+    with pytest.raises(ValueError, match="'sif' .key 'sif'. is missing"):
         objective(features(), {"tvf": bad}, some_mask())
     with pytest.raises(ValueError, match="does not match features"):
         objective(features(), {"sif": bad}, torch.zeros(B, T, 3, 3, dtype=torch.bool))

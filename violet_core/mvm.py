@@ -63,7 +63,7 @@ class MvmObjective(nn.Module):
 
     def losses(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mask: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """{info.key: prediction}, {info.ref: target}, mask (B, T, h, w) -> {f"mvm_{key}": scalar}.
+        """{info.key: prediction}, {info.key: target}, mask (B, T, h, w) -> {f"mvm_{key}": scalar}.
 
         A target with several loss terms also gets `mvm_{key}/{i}` per term, detached: its `mvm_{key}`
         is their sum and carries the gradient, and `total_loss` leaves the parts out, so each term
@@ -71,10 +71,11 @@ class MvmObjective(nn.Module):
         extras = extras or {}
         out = {}
         for info in self.infos:
-            if info.ref not in targets:
-                raise ValueError(f"MVM target {info.ref!r} is missing from the batch (have {sorted(targets)})")
-            terms = target_terms(info, predictions[info.key], targets[info.ref], mask, self.normalization,
-                                 self.kept_pairs(info, targets[info.ref], extras))
+            if info.key not in targets:
+                raise ValueError(f"MVM target {info.ref!r} (key {info.key!r}) is missing from the batch "
+                                 f"(have {sorted(targets)})")
+            terms = target_terms(info, predictions[info.key], targets[info.key], mask, self.normalization,
+                                 self.kept_pairs(info, targets[info.key], extras))
             name = f"mvm_{info.key}"
             out[name] = sum_terms(terms)
             if len(terms) > 1:
@@ -99,7 +100,7 @@ class MvmObjective(nn.Module):
         Euclidean maximum and is not compared itself: max(|u|, |v|) <= |(u, v)| <= sqrt(2) max(|u|, |v|),
         so the two rules disagree on pairs moving between 50 and 70.7 px, and existing caches work as they are.
         """
-        name = f"{info.ref}/{MAX_MAGNITUDE}"
+        name = f"{info.key}/{MAX_MAGNITUDE}"
         if not info.is_pair or self.flow_max_magnitude is None or name not in extras:
             return None
         return pair_max_component(target) < self.flow_max_magnitude

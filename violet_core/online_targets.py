@@ -9,9 +9,9 @@ the batch is normalised on the device, and writes the result into the batch exac
 dataset puts a cached target:
 
     batch["video"]               (B, T, S, S, 3) uint8, the augmented clips (violet_core.data.pretrain)
-    batch["targets"][ref]        the target's training layout (`target_tensor`), B first
+    batch["targets"][key]        the target's training layout (`target_tensor`), B first (key: `ref_key`)
     batch["targets_as_input"]    the refs among them that are normalised like the video (`normalize_as_input`)
-    batch["extras"]["ref/name"]  each extra the target returns beside "data" (e.g. a per-pair statistic)
+    batch["extras"]["key/name"]  each extra the target returns beside "data" (e.g. a per-pair statistic)
 
 The targets are built by the one builder of mvm_targets (`build_targets`), with the settings a grid's
 cache section uses for extraction (device, weights, weights_dir) and the run's per-target `mvm.options`,
@@ -109,10 +109,10 @@ class OnlineTargets:
             if frames.shape[1] == 1 and info.needs_video:
                 continue
             data, named = self._compute(info, frames)
-            targets[info.ref] = data.to(video.device, non_blocking=True)
+            targets[info.key] = data.to(video.device, non_blocking=True)
             extras.update({name: value.to(video.device, non_blocking=True) for name, value in named.items()})
-            if info.spec.normalize_as_input and info.ref not in as_input:
-                as_input.append(info.ref)
+            if info.spec.normalize_as_input and info.key not in as_input:
+                as_input.append(info.key)
         return {**batch, "targets": targets, "extras": extras, AS_INPUT: as_input}
 
     def _compute(self, info: TargetInfo, frames: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -121,7 +121,7 @@ class OnlineTargets:
         values = out.pop("data")
         # per clip through the dataset's own conversions, so online and cached targets share one layout
         data = torch.stack([target_tensor(info, clip) for clip in values])
-        return data, {f"{info.ref}/{name}": torch.stack([extra_tensor(v) for v in value]) for name, value in out.items()}
+        return data, {f"{info.key}/{name}": torch.stack([extra_tensor(v) for v in value]) for name, value in out.items()}
 
     def describe(self) -> str:
         """One line for the run log: each online target, its target id and its teacher weights if any."""

@@ -5,11 +5,12 @@ One item, for T frames of S x S pixels and L text tokens (layout of targets: vio
                (violet_core.data.device_batch, docs/method.md §1), and the training step computes
                online targets from it (violet_core.online_targets, docs/method.md §11)
     text_ids   (L,) int64 "[CLS] ... [SEP] [PAD]...", text_mask (L,) int64
-    targets    ref -> tensor in the training layout, floats as stored (float16 stays float16 until the
+    targets    key -> tensor in the training layout (key: the target reference's one file-safe spelling,
+               `ref_key`, as in heads and `mvm_<key>` losses: "flow:dis" -> "flow_dis"), floats as stored (float16 stays float16 until the
                device); a target whose spec says `normalize_as_input` (such as the frames themselves)
                stays uint8 and is listed under "targets_as_input", to be normalised exactly as `video`
-    targets_as_input  [ref, ...]
-    extras     "ref/name" -> tensor (e.g. "flow/max_magnitude" (T-1,) float32)
+    targets_as_input  [key, ...]
+    extras     "key/name" -> tensor (e.g. "flow_dis/max_magnitude" (T-1,) float32)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
 With `cpu_normalize`, the item is normalised here instead, as it used to be: video (T, 3, S, S) float32,
@@ -140,10 +141,11 @@ class PretrainDataset(Dataset):
         targets, extras = {}, {}
         for info in self.infos:
             data = clip[info.ref] if info.stored else info.spec.derive(clip["frames"])
-            targets[info.ref] = target_tensor(info, data, self.cpu_normalize)
-            prefix = f"{info.ref}/"
-            extras.update({name: extra_tensor(value) for name, value in clip.items() if name.startswith(prefix)})
-        as_input = [] if self.cpu_normalize else [i.ref for i in self.infos if i.spec.normalize_as_input]
+            targets[info.key] = target_tensor(info, data, self.cpu_normalize)
+            prefix = f"{info.ref}/"  # the reader's clip speaks the reference; the batch speaks its key
+            extras.update({f"{info.key}/{name[len(prefix):]}": extra_tensor(value)
+                           for name, value in clip.items() if name.startswith(prefix)})
+        as_input = [] if self.cpu_normalize else [i.key for i in self.infos if i.spec.normalize_as_input]
         return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
                 AS_INPUT: as_input, "extras": extras,
                 "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
