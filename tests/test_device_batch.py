@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import Dataset
 
 from mvm_targets.extract import ExtractConfig, extract
 from mvm_targets.store.reader import CacheReader
@@ -40,6 +39,7 @@ from violet_core.data.pretrain import PretrainDataset, collate_pretrain
 from violet_core.data.tokenizer import build_tokenizer
 from violet_core.distributed import Dist
 from violet_core.target_info import read_target_infos
+from tests.epoch_items import EpochIndexItems, collate_epoch_items
 
 REFS = ["pixel", "hog", "flow:dis"]
 CPU = torch.device("cpu")
@@ -177,28 +177,8 @@ def test_uint8_batches_on_the_device_equal_the_old_cpu_normalised_batches(worksp
 
 # ---- the stream ----------------------------------------------------------------------------------
 
-class _Tagged(Dataset):
-    """Item i of epoch e: (i, e) and the id of the process that built it."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.epoch = size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        return {"video": torch.tensor([index, self.epoch]), "pid": os.getpid()}
-
-
-def _collate(items: list[dict]) -> dict:
-    return {"video": torch.stack([item["video"] for item in items]), "pids": [item["pid"] for item in items]}
-
-
 def _stream(workers: int) -> BatchStream:
-    return BatchStream(_Tagged(11), _collate, 3, seed=5, dist=Dist(), device=CPU, num_workers=workers)
+    return BatchStream(EpochIndexItems(11), collate_epoch_items, 3, seed=5, dist=Dist(), device=CPU, num_workers=workers)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

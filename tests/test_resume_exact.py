@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import Dataset
 
 from mvm_targets.extract import ExtractConfig, extract
 from mvm_targets.synth import build_synthetic_dataset
@@ -42,6 +41,7 @@ from violet_core.batching import BatchStream
 from violet_core.checkpoint import FORMAT, CheckpointError, capture_rng, load_checkpoint, restore_rng
 from violet_core.distributed import Dist
 from violet_core.loop import LoopState
+from tests.epoch_items import EpochIndexItems, collate_epoch_items
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240  # one trainer process on a loaded 2-core machine; a tiny run takes a few seconds
@@ -248,26 +248,8 @@ def test_old_checkpoint_is_refused_in_one_line(resume_sets, tmp_path, capsys, on
 # --- the pieces, in process ------------------------------------------------------------------------
 
 
-class _Indices(Dataset):
-    def __init__(self, size: int) -> None:
-        self.size, self.epoch = size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        return {"video": torch.tensor([index, self.epoch])}
-
-
-def _collate(items: list[dict]) -> dict:
-    return {"video": torch.stack([item["video"] for item in items])}
-
-
 def _stream(size: int, batch_size: int = 3) -> BatchStream:
-    return BatchStream(_Indices(size), _collate, batch_size, seed=5, dist=Dist(), device=torch.device("cpu"))
+    return BatchStream(EpochIndexItems(size), collate_epoch_items, batch_size, seed=5, dist=Dist(), device=torch.device("cpu"))
 
 
 def _take(stream: BatchStream, count: int) -> list[list[list[int]]]:
