@@ -71,7 +71,7 @@ _BUILT: dict[str, Target | MvmTargetsError] = {}
 
 
 def build(ref: str) -> Target:
-    """Each target once per session: some teachers instantiate their network when built (seconds each)."""
+    """Each target once per test run: some teachers instantiate their network when built (seconds each)."""
     if ref not in _BUILT:
         try:
             _BUILT[ref] = build_target(ref, **options_for(ref))
