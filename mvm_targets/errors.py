@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 class MvmTargetsError(Exception):
     """Base class: `str(error)` is a one-line, user-facing reason."""
@@ -83,12 +85,10 @@ def write_traceback(error: BaseException, log_dir: "Path | None" = None) -> "Pat
 
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     if log_dir is not None and Path(log_dir).is_dir():
-        try:
+        with contextlib.suppress(OSError):  # a read-only run folder: fall back to a temporary file
             path = Path(log_dir) / "error.log"
             path.write_text(text)
             return path
-        except OSError:
-            pass  # a read-only run folder: fall back to a temporary file
     try:
         handle = tempfile.NamedTemporaryFile("w", prefix="mvm-error-", suffix=".log", delete=False)
         with handle:

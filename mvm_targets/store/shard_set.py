@@ -20,6 +20,7 @@ values; `verify` reads every chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -143,10 +144,8 @@ class ShardSet:
         """Undo a commit whose bookkeeping failed (the caller holds the lock; the shard is our own)."""
         shard.unlink(missing_ok=True)
         self._keys_by_shard.pop(shard.name, None)
-        try:
+        with contextlib.suppress(OSError):  # the unlink stands either way; the original error is the one to report
             fsync_path(self.directory)
-        except OSError:
-            pass  # the unlink stands either way; the original error is the one to report
 
 
 def _shard_number(path: Path) -> int:
