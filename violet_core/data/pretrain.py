@@ -197,11 +197,6 @@ def normalize_channels_first(values: np.ndarray) -> torch.Tensor:
     return _normalize_channels_first(torch.from_numpy(np.ascontiguousarray(values)))
 
 
-def normalize_frames(frames: np.ndarray) -> torch.Tensor:
-    """(T, S, S, 3) uint8 -> (T, 3, S, S) float32 ((x / 255) - mean) / std, ImageNet statistics, on the CPU."""
-    return normalize_video(torch.from_numpy(np.ascontiguousarray(frames)))
-
-
 def target_tensor(info: TargetInfo, data: np.ndarray, cpu_normalize: bool = False) -> torch.Tensor:
     """One clip's target values (as stored, or as its module computes them) -> its training tensor.
 
