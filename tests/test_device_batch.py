@@ -6,9 +6,12 @@
   old CPU-normalised batch, field by field (`cpu_normalize=True`, the old path kept for comparison);
 - `BatchStream` with worker processes yields the batches of the in-process stream, keeps its workers for
   the whole run, and continues exactly from a state taken while its loader had read ahead;
+- the device's crop and flip of a batch are each item's numpy slices (the oracle), and batches whose
+  frames are cropped and flipped on the device equal those the loader crops and flips, field by field;
 - a tiny run (pretraining with pixel, hog and DIS flow targets, a retrieval finetune and its evaluation)
-  logs the same numbers with the normalisation on the device as with the old per-item CPU path, and the
-  numbers recorded from the trainer before the change.
+  logs the same numbers with the normalisation on the device as with the old per-item CPU path, the
+  same again with the crop and flip on the device, and the numbers recorded from the trainer before
+  the change.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mvm_targets.targets.registry import build_target
 from mvm_targets.video.decode import SamplingConfig
 from mvm_targets.video.inputs import discover_inputs
 from violet_core.batching import BatchStream
+from violet_core.data.device_augment import PENDING_CROP, crop_and_flip
 from violet_core.data.device_batch import (AS_INPUT, DevicePrefetcher, normalize_batch, normalize_channels_first,
                                            normalize_video, to_device)
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain
@@ -175,6 +179,47 @@ def test_uint8_batches_on_the_device_equal_the_old_cpu_normalised_batches(worksp
     assert torch.equal(ready["targets"]["pixel"], ready["video"])
 
 
+def test_the_device_crop_and_flip_are_the_numpy_slices_of_each_items_draw():
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(5, 2, 128, 96, 3), dtype=np.uint8)
+    top, left, flip = np.array([0, 1, 2, 0, 1]), np.array([0, 1, 0, 1, 0]), np.array([0, 1, 1, 0, 1])
+    out = crop_and_flip(torch.from_numpy(frames), torch.from_numpy(top), torch.from_numpy(left),
+                        torch.from_numpy(flip), 64)
+    assert out.shape == (5, 2, 64, 64, 3) and out.dtype == torch.uint8
+    for b in range(5):
+        expected = frames[b, :, 32 * top[b]:32 * top[b] + 64, 32 * left[b]:32 * left[b] + 64]
+        if flip[b]:
+            expected = expected[:, :, ::-1]
+        assert np.array_equal(out[b].numpy(), expected), b
+    whole = crop_and_flip(torch.from_numpy(frames[:, :, :96]), torch.zeros(5), torch.zeros(5), torch.zeros(5), 96)
+    assert np.array_equal(whole.numpy(), frames[:, :, :96])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        crop_and_flip(torch.from_numpy(frames), torch.zeros(5), torch.zeros(5), torch.zeros(5), 48)
+
+
+def test_batches_cropped_and_flipped_on_the_device_equal_the_loaders(workspace):
+    reader = CacheReader(workspace / "cache", "synthetic", REFS)
+    tokenizer = build_tokenizer(None, [c for cs in reader.captions.values() for c in cs], vocab_size=200)
+    make = functools.partial(PretrainDataset, reader, read_target_infos(reader, REFS), tokenizer, reader.keys,
+                             3, 32, 16, hflip_prob=0.5, seed=4)
+    loader_side, device_side = make(), make(device_augment=True)
+    indices = list(range(len(loader_side)))
+    items = [device_side[i] for i in indices]
+    assert items[0]["video"].shape == (3, 64, 64, 3)  # the window at the cached size, not yet cropped
+    draws = {(item["aug"]["top"], item["aug"]["left"], item["aug"]["flip"]) for item in items}
+    assert {d[2] for d in draws} == {0, 1} and len({d[:2] for d in draws}) > 1  # crops and both flips
+    batch = to_device(collate_pretrain(items), CPU)
+    reference = to_device(collate_pretrain([loader_side[i] for i in indices]), CPU)
+    assert PENDING_CROP not in batch and set(batch) == set(reference)
+    assert torch.equal(batch["video"], reference["video"])
+    for group in ("targets", "extras", "aug"):
+        assert batch[group].keys() == reference[group].keys()
+        for name, value in reference[group].items():
+            assert torch.equal(batch[group][name], value), (group, name)
+    with pytest.raises(ValueError, match="device_augment"):
+        make(device_augment=True, cpu_normalize=True)
+
+
 # ---- the stream ----------------------------------------------------------------------------------
 
 def _stream(workers: int) -> BatchStream:
@@ -236,7 +281,7 @@ RECORDED = [
 ]
 
 
-def run_config(root: Path) -> Path:
+def run_config(root: Path, augment_on: str = "loader") -> Path:
     """5 pretraining steps (8 training clips, batch 4: 2 batches an epoch, so 3 epochs) with a random
     3-frame window, 32-px crop of 64 and flip; one worker process, so that hog, recomputed on flipped
     clips, runs outside the training process (its OpenMP layer changes the trainer's thread count)."""
@@ -244,7 +289,7 @@ def run_config(root: Path) -> Path:
         "name": "curve", "seed": 0, "device": "cpu", "out_dir": str(root / "runs"),
         "data": {"cache": str(root / "cache"), "dataset": "synthetic", "source": str(root / "data"),
                  "num_frames": 3, "size": 32, "max_text_len": 16, "hflip_prob": 0.5, "vocab_size": 200,
-                 "num_workers": 1},
+                 "num_workers": 1, "augment_on": augment_on},
         "model": {"video_backbone": "tiny", "hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
         "mask": {"strategies": ["rm", "bm"]},
         "mvm": {"targets": REFS},
@@ -252,7 +297,7 @@ def run_config(root: Path) -> Path:
         "downstream": {"tasks": ["retrieval"], "eval_batch_size": 4,
                        "optim": {"steps": 2, "batch_size": 4, "lr": 1e-3}},
     }
-    path = root / "curve.yaml"
+    path = root / f"curve-{augment_on}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -263,7 +308,8 @@ def logged(run: Path) -> list[dict]:
 
 
 # One run in a fresh process: this one has run the extraction's OpenMP kernels, and a DataLoader worker
-# forked from it would abort. "cpu" trains on the old CPU-normalised items.
+# forked from it would abort. "cpu" trains on the old CPU-normalised items; "augment" crops and flips
+# the frames on the device (data.augment_on: device).
 RUN = """
 import functools, sys, torch
 from violet_core import train
@@ -275,15 +321,17 @@ train.train(sys.argv[1], sys.argv[2])
 """
 
 
-def test_a_tiny_run_logs_the_numbers_of_the_cpu_normalised_path(workspace):
-    config = run_config(workspace)
+def test_a_tiny_run_logs_the_numbers_of_the_cpu_normalised_path_with_either_augmentation_place(workspace):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for path in ("device", "cpu"):
+    for path in ("device", "cpu", "augment"):
+        config = run_config(workspace, "device" if path == "augment" else "loader")
         done = subprocess.run([sys.executable, "-c", RUN, str(config), str(workspace / "runs" / path), path],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-3000:]
     on_device, on_cpu = logged(workspace / "runs" / "device"), logged(workspace / "runs" / "cpu")
     assert on_device == on_cpu  # bit for bit: every loss, gradient norm and metric
+    # the same data with the crop and flip on the device: the same loss curve, bit for bit
+    assert logged(workspace / "runs" / "augment") == on_device
     assert len(on_device) == len(RECORDED)
     for line, recorded in zip(on_device, RECORDED):
         for name, value in recorded.items():

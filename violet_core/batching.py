@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from violet_core.data.device_augment import apply_pending_crop
 from violet_core.data.device_batch import DevicePrefetcher, normalize_batch
 from violet_core.data.device_batch import to_device as to_device  # the step's copy for callers that batch by hand
 from violet_core.distributed import Dist
@@ -99,7 +100,8 @@ class BatchStream:
     """Endless batches on `device` in the order of `epoch_batches`, resumable from `state_dict()`.
 
     Each batch is drawn from one run-long DataLoader (module docstring), copied to `device` one batch
-    ahead, given to `fill` while its video is still uint8 (online targets: `OnlineTargets.fill`) and
+    ahead, cropped and flipped there when its dataset left that to the device (`apply_pending_crop`),
+    given to `fill` while its video is still uint8 (online targets: `OnlineTargets.fill`) and
     then normalised there (`normalize_batch`). `position` counts the batches of the current epoch
     handed out; the loader's workers and the copy ahead may have read further, but those batches were
     never used and are read again after a resume.
@@ -126,7 +128,7 @@ class BatchStream:
             self._batches = DevicePrefetcher(iter(self._data_loader()), self.device)
         if self.position >= self.per_epoch:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        batch = next(self._batches)
+        batch = apply_pending_crop(next(self._batches))
         self.position += 1
         if self.fill is not None:
             batch = self.fill(batch)

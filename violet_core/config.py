@@ -45,9 +45,20 @@ class DataConfig:
     # gives on the mirrored clip (off: such a run stops before training and says so)
     approximate_flips: bool = False
     random_crop: bool = True
+    # where the frames are cropped and flipped: loader (per item, in the workers) | device (the whole
+    # batch, on the training device, by the same draws) | auto (device on CUDA, loader elsewhere)
+    augment_on: str = "auto"
     num_workers: int = 0
     tokenizer: str | None = None  # local bert-base-uncased folder; None trains a WordPiece on the captions
     vocab_size: int = 4000  # for the trained tokenizer
+
+
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def augments_on_device(data: DataConfig, device_type: str) -> bool:
+    """Whether the training device crops and flips the frames (`data.augment_on`; auto: on CUDA)."""
+    return data.augment_on == "device" or (data.augment_on == "auto" and device_type == "cuda")
 
 
 @dataclass(frozen=True)
@@ -282,6 +293,8 @@ def validate(config: RunConfig) -> None:
     need(config.data.size % 32 == 0 and config.data.size > 0, "data.size",
          f"{config.data.size} is not a positive multiple of 32 (one video token per 32-px patch)")
     need(0.0 <= config.data.hflip_prob <= 1.0, "data.hflip_prob", "must lie in [0, 1]")
+    need(config.data.augment_on in AUGMENT_ON, "data.augment_on",
+         f"'{config.data.augment_on}' is not {', '.join(AUGMENT_ON[:-1])} or {AUGMENT_ON[-1]}")
     unknown = [s for s in config.mask.strategies if s not in MASK_STRATEGIES]
     need(not unknown and bool(config.mask.strategies), "mask.strategies",
          f"{list(config.mask.strategies)} must be a non-empty subset of {list(MASK_STRATEGIES)}")

@@ -14,7 +14,7 @@ import torch
 
 from mvm_targets.store.reader import CacheReader
 from violet_core import distributed
-from violet_core.config import RunConfig
+from violet_core.config import RunConfig, augments_on_device
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain, split_keys
 from violet_core.data.tokenizer import TextTokenizer
 from violet_core.loop import Engine
@@ -41,7 +41,8 @@ def pretrain(model: Violet, infos: list[TargetInfo], tokenizer: TextTokenizer, r
     keys = split_keys(Path(data.source), "train", reader.keys)
     dataset = PretrainDataset(reader, infos, tokenizer, keys, data.num_frames, data.size, data.max_text_len,
                               data.hflip_prob, data.random_crop, seed=config.seed,
-                              approximate_flips=data.approximate_flips)
+                              approximate_flips=data.approximate_flips,
+                              device_augment=augments_on_device(data, engine.device.type))
     sampler = MaskSampler(config.mask.strategies, config.mask.ratio, config.mask.text_ratio, config.mask.paper,
                           video_without_mvm=config.mask.video_without_mvm)
     objective = PretrainObjective(model, sampler, tokenizer.mask_id, config.pretrain.vtm_negatives,

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from violet_core.data.device_augment import apply_pending_crop
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # batch field: the target refs whose values are frames (0..255) to be normalised like the video
@@ -87,8 +89,9 @@ def move_to_device(value: Any, device: torch.device) -> Any:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """`batch` copied to `device` and normalised there (`normalize_batch`): what a step consumes."""
-    return normalize_batch(move_to_device(batch, device))
+    """`batch` copied to `device`, its frames cropped and flipped there when its dataset left that to
+    the device (`apply_pending_crop`), and normalised (`normalize_batch`): what a step consumes."""
+    return normalize_batch(apply_pending_crop(move_to_device(batch, device)))
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:

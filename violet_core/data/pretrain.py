@@ -13,6 +13,9 @@ One item, for T frames of S x S pixels and L text tokens (layout of targets: vio
     extras     "key/name" -> tensor (e.g. "flow_dis/max_magnitude" (T-1,) float32)
     aug        {"start", "top", "left", "flip"}: the draw that made the item (ints)
     key        str
+With `device_augment`, video is the window's frames before the crop and flip, (T, Sc, Sc, 3) at the
+cached size Sc, and "video_crop_px" (PENDING_CROP) holds S: the device crops and flips the whole batch
+by the items' `aug` draws (violet_core.data.device_augment), giving the frames described above.
 With `cpu_normalize`, the item is normalised here instead, as it used to be: video (T, 3, S, S) float32,
 `normalize_as_input` targets float32 normalised, every float target float32, "targets_as_input" empty.
 Augmentation: a temporal window of T frames, a grid-aligned S-px crop and a horizontal flip. The
@@ -36,6 +39,7 @@ from torch.utils.data import Dataset
 
 from mvm_targets.store.reader import CacheReader
 from violet_core.data.augment import check_crop_size, check_flips, crop_clip, hflip_clip, temporal_window
+from violet_core.data.device_augment import PENDING_CROP
 from violet_core.data.device_batch import AS_INPUT
 from violet_core.data.device_batch import normalize_channels_first as _normalize_channels_first
 from violet_core.data.device_batch import normalize_video
@@ -76,17 +80,21 @@ class PretrainDataset(Dataset):
         cpu_normalize: normalise video and `normalize_as_input` targets here, in float32 (4x the bytes
             of uint8 from here to the device); the values equal those the device computes. For
             comparisons; training normalises on the device.
+        device_augment: hand over the frames of the temporal window uncropped and unflipped, with the
+            crop size under PENDING_CROP, for the device to crop and flip the whole batch by the same
+            draws (violet_core.data.device_augment); targets are still augmented here.
     """
 
     def __init__(self, reader: CacheReader, infos: list[TargetInfo], tokenizer: TextTokenizer, keys: list[str],
                  num_frames: int, size: int, max_text_len: int = 32, hflip_prob: float = 0.5,
                  random_crop: bool = True, random_window: bool = True, seed: int = 0,
-                 approximate_flips: bool = False, cpu_normalize: bool = False) -> None:
+                 approximate_flips: bool = False, cpu_normalize: bool = False, device_augment: bool = False) -> None:
         self.reader, self.tokenizer = reader, tokenizer
         self.keys = list(keys)
         self.num_frames, self.size, self.max_text_len = num_frames, size, max_text_len
         self.hflip_prob, self.random_crop, self.random_window = hflip_prob, random_crop, random_window
         self.approximate_flips, self.cpu_normalize = approximate_flips, cpu_normalize
+        self.device_augment = device_augment
         self.seed, self.epoch = seed, 0
         self.cached_frames, self.cached_size = cached_geometry(reader)
         self._check_args()
@@ -120,6 +128,7 @@ class PretrainDataset(Dataset):
 
         start = self._offset(index, _WINDOW, self.cached_frames - self.num_frames + 1, self.random_window)
         clip = temporal_window(clip, stored, self.num_frames, start)
+        window_frames = clip["frames"]
         side, wanted = check_crop_size(self.cached_size, self.size)
         if self.random_crop:
             top, left = (int(v) for v in self._rng(index, _CROP).integers(0, side - wanted + 1, size=2))
@@ -132,7 +141,7 @@ class PretrainDataset(Dataset):
             # columns [left, left + n) of the frame are columns [side - left - n, side - left) of its mirror
             clip = crop_clip(clip, stored, top, side - left - wanted if flip else left, wanted)
 
-        frames = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
+        frames = torch.from_numpy(np.ascontiguousarray(window_frames if self.device_augment else clip["frames"]))
         video = normalize_video(frames) if self.cpu_normalize else frames
         captions = clip["captions"]
         caption = captions[int(self._rng(index, _CAPTION).integers(len(captions)))]
@@ -146,9 +155,12 @@ class PretrainDataset(Dataset):
             extras.update({f"{info.key}/{name[len(prefix):]}": extra_tensor(value)
                            for name, value in clip.items() if name.startswith(prefix)})
         as_input = [] if self.cpu_normalize else [i.key for i in self.infos if i.spec.normalize_as_input]
-        return {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
+        item = {"video": video, "text_ids": text_ids[0], "text_mask": text_mask[0], "targets": targets,
                 AS_INPUT: as_input, "extras": extras,
                 "aug": {"start": start, "top": top, "left": left, "flip": int(flip)}, "key": key}
+        if self.device_augment:
+            item[PENDING_CROP] = self.size
+        return item
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -170,6 +182,9 @@ class PretrainDataset(Dataset):
             raise ValueError(f"max_text_len must leave room for [CLS] and [SEP], got {self.max_text_len}")
         if not 0.0 <= self.hflip_prob <= 1.0:
             raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        if self.cpu_normalize and self.device_augment:
+            raise ValueError("cpu_normalize hands over normalised frames; the device can crop and flip only uint8 "
+                             "frames (device_augment)")
 
     def _check_keys_and_targets(self) -> None:
         name = _cache_name(self.reader)
@@ -246,6 +261,8 @@ def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
         "keys": [item["key"] for item in items],
     }
     batch[AS_INPUT] = [ref for ref in items[0].get(AS_INPUT, ()) if ref in batch["targets"]]
+    if PENDING_CROP in items[0]:
+        batch[PENDING_CROP] = items[0][PENDING_CROP]  # one crop size per dataset
     return batch
 
 
