@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from violet_core.masking import (MaskSampler, apply_video_mask, attended_mask, block_mask, random_mask, target_count,
-                                 text_mask, upsample_mask)
+from violet_core.mask_draws import target_count
+from violet_core.mask_pixels import apply_video_mask, upsample_mask
+from violet_core.mask_text import text_mask
+from violet_core.mask_video import attended_mask, block_mask, random_mask
+from violet_core.masking import MaskSampler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 T, H, W = 4, 7, 7
@@ -86,9 +89,9 @@ def test_block_mask_default_extremes():
 
 
 def test_block_mask_default_tops_up_when_cuboid_budget_runs_out(monkeypatch):
-    import violet_core.masking as masking
+    import violet_core.mask_video as mask_video
 
-    monkeypatch.setattr(masking, "_BM_MAX_CUBOIDS", 16)  # one round: too few cuboids to cover the grid
+    monkeypatch.setattr(mask_video, "_BM_MAX_CUBOIDS", 16)  # one round: too few cuboids to cover the grid
     mask = block_mask(8, T, H, W, 1.0, gen())
     assert mask.all()
     assert torch.all(counts(block_mask(8, T, H, W, 0.9, gen())) == target_count(0.9, CELLS))

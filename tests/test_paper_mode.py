@@ -16,7 +16,8 @@ from violet_core.data.tokenizer import train_wordpiece
 from violet_core.downstream import tasks
 from violet_core.downstream.records import McItem, OeItem, RetrievalSet
 from violet_core.losses import symmetric_contrastive_loss
-from violet_core.masking import PAPER_RATIO, MaskSampler, joint_attended_count, joint_attended_mask
+from violet_core.mask_paper import PAPER_RATIO, joint_attended_count, joint_attended_mask
+from violet_core.masking import MaskSampler
 from violet_core.model import Violet, load_pretrained_parts
 from violet_core.objectives import PretrainObjective, RetrievalObjective
 from violet_core.target_info import TargetInfo

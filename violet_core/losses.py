@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from violet_core.masking import upsample_mask
+from violet_core.mask_pixels import upsample_mask
 from violet_core.target_info import TargetInfo
 
 NORMALIZATIONS = ("mean", "paper")

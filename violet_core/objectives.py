@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from violet_core.heads import mlm_logits, pair_score
 from violet_core.losses import fp32_cross_entropy, mlm_loss, symmetric_contrastive_loss, total_loss, vtm_loss
-from violet_core.masking import MaskSampler, apply_video_mask
+from violet_core.mask_pixels import apply_video_mask
+from violet_core.masking import MaskSampler
 from violet_core.model import Violet
 
 
