@@ -76,7 +76,7 @@ def parse_axes(spec: Mapping[str, Any], known: list[str], fail: Fail
     dimensions: list[Dimension] = []
     values: dict[str, list[Any]] = {}
 
-    def add_axis(key: Any, items: Any, section: str) -> None:
+    def add_axis(key: Any, items: Any, section: str, paired: bool = False) -> None:
         key = str(key)
         if key == SEED_KEY:
             raise fail(section, f"'{key}' is the replicate axis; list seeds under 'seeds'")
@@ -89,9 +89,10 @@ def parse_axes(spec: Mapping[str, Any], known: list[str], fail: Fail
             raise fail(section, f"'{key}' needs a non-empty list of values, got {items!r}")
         keys = [value_key(v) for v in items]
         twice = next((v for v, k in zip(items, keys) if keys.count(k) > 1), None)
-        if len(set(keys)) != len(keys):
+        if len(set(keys)) != len(keys) and not paired:
             raise fail(section, f"'{key}' lists the value {twice!r} twice")
-        values[key] = items
+        # a paired key may repeat a value beside different partners; its levels are listed once
+        values[key] = [v for i, v in enumerate(items) if keys.index(keys[i]) == i]
 
     axes = spec.get("axes") or {}
     if not isinstance(axes, Mapping):
@@ -108,13 +109,18 @@ def parse_axes(spec: Mapping[str, Any], known: list[str], fail: Fail
         if not isinstance(group, Mapping) or not group:
             raise fail(f"zip[{index}]", f"a group is a non-empty mapping of axis keys to lists, got {group!r}")
         for key, items in group.items():
-            add_axis(key, items, f"zip[{index}]")
+            add_axis(key, items, f"zip[{index}]", paired=True)
         lengths = {str(k): len(v) for k, v in group.items()}
         if len(set(lengths.values())) > 1:
             listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
             raise fail(f"zip[{index}]", f"paired axes need lists of equal length ({listed})")
         keys = tuple(str(k) for k in group)
-        dimensions.append((keys, list(zip(*group.values()))))
+        rows = list(zip(*group.values()))
+        row_keys = [tuple(value_key(v) for v in row) for row in rows]
+        if len(set(row_keys)) != len(row_keys):
+            twice = next(row for row, k in zip(rows, row_keys) if row_keys.count(k) > 1)
+            raise fail(f"zip[{index}]", f"lists the pair {dict(zip(keys, twice))!r} twice")
+        dimensions.append((keys, rows))
         paired.append(list(keys))
     return dimensions, values, paired
 

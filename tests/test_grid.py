@@ -76,6 +76,17 @@ def test_zip_group_varies_together(tmp_path):
     assert grid.paired == [["mask.strategies", "mask.paper"]]
 
 
+def test_a_paired_key_may_repeat_a_value_beside_different_partners(tmp_path):
+    path = write_grid(tmp_path, """
+        zip:
+          - {mvm.targets: [[], [pixel], [hog]], mask.ratio: [0.3, 0.3, 0.15]}
+        """)
+    grid = load_grid(path)
+    rows = [(tuple(r.factors["mvm.targets"]), r.factors["mask.ratio"]) for r in grid.runs]
+    assert rows == [((), 0.3), (("pixel",), 0.3), (("hog",), 0.15)]
+    assert len({r.run_id for r in grid.runs}) == 3
+
+
 def test_exclude_drops_exactly_the_matching_runs(tmp_path):
     grid = load_grid(product_grid(tmp_path, """
         exclude:
@@ -228,6 +239,8 @@ ERRORS = {
     "identity_excluded_axis": ("axes: {device: [cpu, cuda]}", "axes: 'device' does not change results"),
     "zip_unequal": ("zip: [{mask.strategies: [[rm], [bm]], mask.paper: [true]}]",
                     "zip[0]: paired axes need lists of equal length (mask.strategies has 2, mask.paper has 1)"),
+    "zip_repeats_pair": ("zip: [{mask.ratio: [0.3, 0.3], mask.paper: [true, true]}]",
+                         "zip[0]: lists the pair {'mask.ratio': 0.3, 'mask.paper': True} twice"),
     "zip_repeats_axis": ("axes: {mask.ratio: [0.3]}\nzip: [{mask.ratio: [0.15], mask.paper: [true]}]",
                          "zip[0]: 'mask.ratio' is already an axis"),
     "exclude_not_axis": ("axes: {mvm.targets: [[], [hog]]}\nexclude: [{mask.ratio: 0.15}]",
@@ -316,10 +329,13 @@ def test_demo_grid_content(tmp_path):
     raw.pop("base_config")
     grid = expand(raw, GRIDS / "demo.yaml")
     # the baseline and the positive control over 6 seeds, the real targets on seed 0
-    expected = ([f"target={t},seed={s}" for t in ("none", "palette") for s in range(6)]
-                + [f"target={t},seed=0" for t in ("hog", "flow_dis")])
+    # (the real targets stored with the int8 codec)
+    expected = ([f"target={t},storage=none,seed={s}" for t in ("none", "palette") for s in range(6)]
+                + ["target=hog,storage=hog.codec=int8,seed=0", "target=flow_dis,storage=flow.codec=int8,seed=0"])
     assert [r.alias for r in grid.runs] == expected
     assert grid.runs[-1].factors["mvm.targets"] == ["flow:dis"] and grid.excluded == 10
+    assert grid.runs[-1].config["mvm"]["options"] == {"flow": {"codec": "int8"}}
+    assert all(r.config["mvm"]["options"] == {} for r in grid.runs[:12])
     # the baseline is masked like the MVM runs: the deltas are the MVM loss's alone
     assert raw["base"] == {"mask.video_without_mvm": True}
 
