@@ -30,7 +30,7 @@ from ablations.check_cache import cache_geometry, frame_problems, source_problem
 from ablations.check_files import BERT_WEIGHT_FILES, SYNTHETIC_FILES, model_file_problems, task_file_problems
 from ablations.check_targets import target_problems, teacher_weights
 from ablations.grid import SEED_KEY, Grid, GridError, InvalidRun, RunSpec, format_value, load_grid
-from ablations.prepare import CacheJob, PrepareError, plan_cache
+from ablations.prepare_plan import CacheJob, PrepareError, plan_cache
 from violet_core.config import RunConfig, config_from_dict
 
 # The checks of each kind live in check_targets, check_cache and check_files; their public names stay

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ablations.prepare import CacheJob, frames_id_problem
+from ablations.prepare_plan import CacheJob, frames_id_problem
 from violet_core.config import RunConfig
 
 _FRAMES_ID = re.compile(r"frames-t(\d+)-s(\d+)-")

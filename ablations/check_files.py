@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablations.prepare import CacheJob
+from ablations.prepare_plan import CacheJob
 from violet_core.config import DOWNSTREAM_TASKS, RunConfig
 
 # The files each downstream task reads under data.source when `downstream.files` names none for it

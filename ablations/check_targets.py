@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ablations.prepare import CacheJob
+from ablations.prepare_plan import CacheJob
 from ablations.target_requests import TargetRequest, canonical, static_option_problems
 from violet_core.config import CACHED, RunConfig
 

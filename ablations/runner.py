@@ -100,7 +100,7 @@ def _final_line(grid: Grid, runs_dir: Path, progress: Progress, result: PoolResu
 
 
 def _print_dry_run(grid: Grid, runs_dir: Path, decisions: Sequence[Decision], say: Say) -> None:
-    from ablations.prepare import describe_job, plan_cache
+    from ablations.prepare_plan import describe_job, plan_cache
 
     say(describe(grid))
     for job in plan_cache(grid):

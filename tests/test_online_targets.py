@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from ablations.check import check_grid
 from ablations.grid import expand
-from ablations.prepare import plan_cache
+from ablations.prepare_plan import plan_cache
 from ablations.report import load_runs
 from ablations.report.protocol import build_card
 from mvm_targets.cli import app as mvmtargets

@@ -511,7 +511,8 @@ def test_runs_are_packed_onto_disjoint_gpu_slices(monkeypatch, tmp_path):
 
 
 def test_existing_synthetic_source_built_with_other_arguments_is_refused(tmp_path, monkeypatch):
-    from ablations.prepare import PrepareError, prepare_cache
+    from ablations.prepare import prepare_cache
+    from ablations.prepare_plan import PrepareError
     from mvm_targets.synth import build_synthetic_dataset
 
     monkeypatch.chdir(tmp_path)

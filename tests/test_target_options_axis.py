@@ -27,7 +27,8 @@ import yaml
 
 from ablations.check import check_grid_file
 from ablations.grid import load_grid
-from ablations.prepare import PrepareError, plan_cache, prepare_cache
+from ablations.prepare import prepare_cache
+from ablations.prepare_plan import PrepareError, plan_cache
 from mvm_targets.errors import InputError
 from mvm_targets.provenance import CODE_VERSION_ENV
 from mvm_targets.store.layout import open_clip_cache
