@@ -67,7 +67,8 @@ def train(config: Path = typer.Argument(..., help="run config YAML (e.g. violet_
     """Pretrain, finetune and evaluate one run; rerunning the same command resumes it."""
     from mvm_targets.errors import is_known, report_error
     from mvm_targets.store.layout import open_clip_cache
-    from violet_core.config import load_config, parse_overrides as parse_sets
+    from violet_core.config import load_config
+    from violet_core.config_parsing import parse_overrides as parse_sets
 
     resolved = load_config(config, parse_sets(overrides))  # a bad config or --set fails in a blink, before torch loads
     # a missing cache is named here, before the trainer creates the run folder
@@ -176,7 +177,7 @@ def run(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids/d
     from ablations.runner import EXIT_BAD_INPUT, run_grid
     from mvm_targets.interrupts import interrupted, report_interrupt
     from mvm_targets.provenance import code_version
-    from violet_core.config import parse_overrides as parse_sets
+    from violet_core.config_parsing import parse_overrides as parse_sets
 
     if launcher not in ("local", "slurm"):
         raise ValueError(f"--launcher must be local or slurm, got '{launcher}'")
@@ -216,7 +217,7 @@ def check(grid: Path = typer.Argument(..., help="grid YAML (e.g. ablations/grids
     """
     from ablations.check import check_grid_file
     from ablations.runner import EXIT_BAD_INPUT
-    from violet_core.config import parse_overrides as parse_sets
+    from violet_core.config_parsing import parse_overrides as parse_sets
 
     report = check_grid_file(grid, parse_sets(overrides) or None)
     if not report.ok:
@@ -238,7 +239,7 @@ def status(target: Path = typer.Argument(Path("runs"), help="a runs directory, o
                                           help="seconds between redraws with --watch")) -> None:
     """Table of runs: alias, run id, state, failure, duration, headline metric."""
     from ablations.status import collect_rows, format_table, summarize_states
-    from violet_core.config import parse_overrides as parse_sets
+    from violet_core.config_parsing import parse_overrides as parse_sets
 
     chosen = parse_sets(overrides) or None
     if watch:
@@ -269,7 +270,7 @@ def report(runs: list[Path] = typer.Argument(None, help="run directories or runs
     """Protocol card, then per cell over seeds mean with 95 % t-interval and the paired Δ to the baseline
     (t-interval, sign-flip p-value), as CSV, markdown and charts."""
     from ablations.report import report_main
-    from violet_core.config import parse_overrides as parse_sets
+    from violet_core.config_parsing import parse_overrides as parse_sets
 
     chosen = parse_sets(baseline, "--baseline") if baseline else None
     written = report_main(list(runs) if runs else [Path("runs")], out, chosen, grid=grid, bootstrap=bootstrap)

@@ -51,7 +51,8 @@ from ablations.grid_sections import (SEED_KEY, Dimension, GridError, check_field
 from ablations.identity import IDENTITY_EXCLUDED, format_value, run_id, safe_name, value_key
 from mvm_targets.names import name_problem
 from mvm_targets.targets.spec import ref_key
-from violet_core.config import ConfigError, apply_overrides, config_from_dict, field_paths, read_yaml_mapping
+from violet_core.config import config_from_dict, field_paths
+from violet_core.config_parsing import ConfigError, apply_overrides, read_yaml_mapping
 
 TOP_LEVEL_KEYS = ("name", "description", "base_config", "base", "cache", "axes", "zip", "exclude", "seeds",
                   "baseline", "labels")

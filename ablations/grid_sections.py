@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ablations.identity import IDENTITY_EXCLUDED, format_value, safe_name, value_key
-from violet_core.config import ConfigError, apply_overrides, read_yaml_mapping
+from violet_core.config_parsing import ConfigError, apply_overrides, read_yaml_mapping
 
 SEED_KEY = "seed"
 

@@ -24,7 +24,7 @@ from ablations.report import load_runs
 from ablations.rundir import RunStatus, find_run_dirs, now_iso, write_json_atomic, write_status
 from ablations.status import collect_rows
 from ablations.watch import grid_eta, watch
-from violet_core.config import ConfigError, parse_overrides
+from violet_core.config_parsing import ConfigError, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ablations"
@@ -102,7 +102,7 @@ def test_one_override_parser():
         parse_overrides(["x=[1"], "--baseline")
     # the trainer and the harness import it rather than define their own (read from source: cheap)
     trainer = ast.parse((REPO / "violet_core" / "train.py").read_text())
-    assert any(isinstance(n, ast.ImportFrom) and n.module == "violet_core.config"
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "violet_core.config_parsing"
                and "parse_overrides" in {a.name for a in n.names} for n in ast.walk(trainer))
     sources = [("violet_core.train", REPO / "violet_core" / "train.py"), *MODULES.items()]
     defined = [(name, n.name) for name, path in sources

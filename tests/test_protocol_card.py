@@ -17,7 +17,8 @@ import yaml
 
 from ablations.report import find_flags, load_runs, write_report
 from ablations.report.protocol import PAPER, build_card
-from violet_core.config import RunConfig, apply_overrides, config_from_dict, field_paths
+from violet_core.config import RunConfig, config_from_dict, field_paths
+from violet_core.config_parsing import apply_overrides
 
 R1 = "retrieval/R@1"
 # Fields the config may not define yet on this checkout; the report reads them with a default of false.

@@ -33,7 +33,8 @@ from mvm_targets.store.reader import CacheReader
 from mvm_targets.store.schema import code_version
 from violet_core import distributed
 from violet_core.compiled import compile_model
-from violet_core.config import ConfigError, RunConfig, load_config, parse_overrides, save_config
+from violet_core.config import ConfigError, RunConfig, load_config, save_config
+from violet_core.config_parsing import parse_overrides
 from violet_core.data.augment import check_flips
 from violet_core.data.pretrain import cached_geometry
 from violet_core.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
