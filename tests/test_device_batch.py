@@ -197,6 +197,17 @@ def test_the_device_crop_and_flip_are_the_numpy_slices_of_each_items_draw():
         crop_and_flip(torch.from_numpy(frames), torch.zeros(5), torch.zeros(5), torch.zeros(5), 48)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_crop_and_flip_on_cuda_are_the_numpy_slices():
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, size=(4, 3, 96, 96, 3), dtype=np.uint8)
+    top, left, flip = (torch.tensor(v) for v in ([0, 1, 0, 1], [1, 0, 0, 1], [1, 1, 0, 0]))
+    out = crop_and_flip(torch.from_numpy(frames).cuda(), top.cuda(), left.cuda(), flip.cuda(), 64).cpu().numpy()
+    for b in range(4):
+        expected = frames[b, :, 32 * int(top[b]):32 * int(top[b]) + 64, 32 * int(left[b]):32 * int(left[b]) + 64]
+        assert np.array_equal(out[b], expected[:, :, ::-1] if flip[b] else expected), b
+
+
 def test_batches_cropped_and_flipped_on_the_device_equal_the_loaders(workspace):
     reader = CacheReader(workspace / "cache", "synthetic", REFS)
     tokenizer = build_tokenizer(None, [c for cs in reader.captions.values() for c in cs], vocab_size=200)
