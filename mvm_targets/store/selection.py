@@ -17,12 +17,13 @@ part of each that is exact:
 
 - the codec is compared exactly, from the record (`params["codec"]`, absent = the default), which
   needs no target module;
-- every other option: the target is built twice without weights (`weights="random"` where its factory
-  takes it), with and without the options, and the params the options control are those the two
-  specs disagree on, plus every option the spec records under its own name (so an option equal to its
-  default still pins that value). The stored set must agree with the optioned spec on exactly those
-  keys. Keys that follow the weights are the same in both weight-free builds, so they never take part;
-  an option that changes no param selects nothing, since every candidate holds the values it asks for.
+- every other option: the target is built twice without weights (`registry.build_without_weights`:
+  `weights="random"` where its factory takes it), with and without the options, and the params the
+  options control are those the two specs disagree on, plus every option the spec records under its
+  own name (so an option equal to its default still pins that value). The stored set must agree with
+  the optioned spec on exactly those keys. Keys that follow the weights are the same in both
+  weight-free builds, so they never take part; an option that changes no param selects nothing,
+  since every candidate holds the values it asks for.
 - a target that cannot be built without options (one that must be told which model to load) is
   compared on the params its options are recorded under, as the optioned build records them;
 - a target this install cannot build (no module registers it, or it is unavailable here) has each
@@ -132,12 +133,11 @@ def _controlled_params(name: str, variant: str, encoded: str) -> tuple[tuple[str
 
 def _weightless_params(name: str, variant: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The spec params `name:variant` records with `options`, built without teacher weights."""
-    from mvm_targets.targets.registry import build_target, factory_parameters
+    from mvm_targets.targets.registry import build_without_weights
 
     ref = f"{name}:{variant}"
-    runtime = {"weights": "random"} if "weights" in factory_parameters(ref) else {}
     try:
-        target = build_target(ref, **runtime, **options)
+        target = build_without_weights(ref, **options)
     except MvmTargetsError:
         raise  # an unknown target, or one that cannot be built here: the caller falls back to names
     except (TypeError, ValueError) as error:  # an option the factory does not take, or a value it refuses

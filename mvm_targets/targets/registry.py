@@ -96,6 +96,16 @@ def build_target(ref: str, **options: Any) -> Target:
     return _FACTORIES[name](variant, **options)
 
 
+def build_without_weights(ref: str, **options: Any) -> Target:
+    """`build_target(ref, **options)` with random teacher weights (`weights="random"`) where the factory
+    takes a `weights` option, so no weight file is read: what a spec declares and records never
+    depends on the weights. Raises whatever the factory raises."""
+    name, variant = parse_target_ref(ref)
+    factory = _FACTORIES[name]
+    runtime = {"weights": "random"} if "weights" in factory_parameters(ref) else {}
+    return factory(variant, **runtime, **options)
+
+
 def factory_parameters(ref: str) -> frozenset[str]:
     """Keyword options the factory of `ref`'s target accepts (runtime settings go only where taken)."""
     import inspect
@@ -140,15 +150,14 @@ def declared_spec(name: str, variant: str, grid: str | None = None) -> TargetSpe
     """
     _load_builtin_targets()
     name = ALIASES.get(name, name)
-    factory = _FACTORIES.get(name)
-    if factory is None:
+    if name not in _FACTORIES:
         return None
     if variant in _VARIANTS[name]:
-        return _spec_without_weights(factory, variant)
+        return _spec_without_weights(name, variant)
     if grid is None:
         return None
     for candidate in _VARIANTS[name]:
-        spec = _spec_without_weights(factory, candidate)
+        spec = _spec_without_weights(name, candidate)
         if spec is not None and spec.grid.value == grid:
             return spec
     return None
@@ -164,12 +173,9 @@ def derived_spec(ref: str) -> TargetSpec | None:
     return spec if spec is not None and not spec.stored else None
 
 
-def _spec_without_weights(factory: TargetFactory, variant: str) -> TargetSpec | None:
-    import inspect
-
-    options = {"weights": "random"} if "weights" in inspect.signature(factory).parameters else {}
+def _spec_without_weights(name: str, variant: str) -> TargetSpec | None:
     try:
-        return factory(variant, **options).spec
+        return build_without_weights(f"{name}:{variant}").spec
     except Exception:  # noqa: BLE001 - a target that cannot be built here declares nothing here
         return None
 
