@@ -100,12 +100,6 @@ def _check_frames_id(grid: Grid, job: CacheJob, frames_id: str, present: list[st
         raise PrepareError(f"{grid.path}: {problem}")
 
 
-def build_targets(grid: Grid, job: CacheJob) -> list[Any]:
-    """mvm_targets Target objects for the job's requests, one per target id; unknown or unavailable
-    targets and bad options are one-line errors."""
-    return distinct_targets(_build(grid, job))
-
-
 def _build(grid: Grid, job: CacheJob) -> dict[TargetRequest, Any]:
     from mvm_targets.errors import MvmTargetsError
     from mvm_targets.targets.build import TargetOptionError
