@@ -7,11 +7,14 @@ uncompressed frame shards.
    - in-process: a plain loop, `collate([dataset[i] ...])`, no DataLoader;
    - through a DataLoader with 0, 1 and 2 worker processes (persistent workers, as `BatchStream`);
    each with the items the trainer uses now (uint8 frames, float16 targets as cached; the device
-   normalises) and with the old items (`cpu_normalize`: float32 video and targets, normalised per
-   item in the loader). A row is the median of --repeats passes of --batches batches after one
+   normalises), with the old items (`cpu_normalize`: float32 video and targets, normalised per item
+   in the loader) and with the items whose frames the device crops and flips (`device_augment`, as
+   `data.augment_on: device`: the window's frames at the cached size). --crop trains on a crop smaller
+   than the cached frames and --hflip sets the flip probability, so that the crop and flip cost
+   something (the tiny preset crops nothing and never flips). A row is the median of --repeats passes of --batches batches after one
    warm-up batch; it also gives the bytes of one collated batch (what crosses the worker pipes and the
-   host-to-device copy) and the CPU time `normalize_batch` takes on a uint8 batch (the work that moved
-   to the device). This process runs one torch thread (--threads), as each worker does.
+   host-to-device copy) and the CPU time `normalize_batch` and `apply_pending_crop` take on a uint8
+   batch (the work that moves to the device). This process runs one torch thread (--threads), as each worker does.
 2. Frame shards: the cached frames of every clip, written with h5py twice the way the store writes them
    (one chunk per clip, Fletcher-32), once lzf-compressed and once not, then read back clip by clip as
    `CacheReader` does. Two contents: the synthetic clips as cached (flat shapes: lzf compresses them
@@ -19,8 +22,8 @@ uncompressed frame shards.
    between). The files are read right after they are written, so from the page cache: the time is
    HDF5 and decompression, not the disk.
 
-    PYTHONPATH=. python benchmarks/bench_loader.py [--frames T --size S] [--cache DIR] [--clips 64]
-        [--batches 16] [--out benchmarks/.data/results/bench_loader.json]
+    PYTHONPATH=. python benchmarks/bench_loader.py [--frames T --size S] [--crop C] [--hflip P] [--cache DIR]
+        [--clips 64] [--batches 16] [--out benchmarks/.data/results/bench_loader.json]
 
 The cache is made with `mvmtargets synth` and `mvmtargets extract` under --cache when it is absent, in
 a child process: a DataLoader worker forked from a process that has run the extraction's OpenMP
@@ -48,6 +51,7 @@ from common import DATA_DIR, machine, write_json  # noqa: E402
 
 from mvm_targets.store.reader import CacheReader  # noqa: E402
 from violet_core.config import load_config  # noqa: E402
+from violet_core.data.device_augment import apply_pending_crop  # noqa: E402
 from violet_core.data.device_batch import normalize_batch  # noqa: E402
 from violet_core.data.pretrain import PretrainDataset, collate_pretrain  # noqa: E402
 from violet_core.data.tokenizer import build_tokenizer  # noqa: E402
@@ -81,10 +85,14 @@ def nbytes(value) -> int:
     return 0
 
 
-class Loaders:
-    """The two kinds of item over the same clips and draws."""
+# item kinds: what the trainer uses now, the old float32 items, frames cropped and flipped on the device
+KINDS = {"uint8": {}, "float32": {"cpu_normalize": True}, "uint8-dev": {"device_augment": True}}
 
-    def __init__(self, root: Path, batch: int, frames: int, size: int) -> None:
+
+class Loaders:
+    """The kinds of item (KINDS) over the same clips and draws."""
+
+    def __init__(self, root: Path, batch: int, frames: int, size: int, hflip: float) -> None:
         data = load_config(TINY).data
         self.batch = batch
         reader = CacheReader(root / "cache", DATASET, list(TARGETS))
@@ -92,9 +100,8 @@ class Loaders:
         tokenizer = build_tokenizer(None, [c for cs in reader.captions.values() for c in cs], vocab_size=500)
         self.sets = {
             path: PretrainDataset(reader, read_target_infos(reader, list(TARGETS)), tokenizer, reader.keys,
-                                  frames, size, data.max_text_len, data.hflip_prob, data.random_crop, seed=0,
-                                  cpu_normalize=path == "float32")
-            for path in ("uint8", "float32")}
+                                  frames, size, data.max_text_len, hflip, data.random_crop, seed=0, **options)
+            for path, options in KINDS.items()}
 
     def batches(self, path: str, workers: int | None):
         """Endless batches of one kind: `workers` None is the plain in-process loop."""
@@ -134,14 +141,14 @@ def time_loader(loaders: Loaders, path: str, workers: int | None, batches: int, 
             "clips_per_s_all": rates, "batch_mb": nbytes(first) / 2**20}
 
 
-def time_normalise(loaders: Loaders, repeats: int = 20) -> float:
-    """Median CPU seconds of `normalize_batch` on one uint8 batch (what the device does per step now)."""
-    dataset = loaders.sets["uint8"]
+def time_on_device_work(loaders: Loaders, path: str, work, repeats: int = 20) -> float:
+    """Median CPU seconds of `work` on one batch of `path` items (what the device does per step)."""
+    dataset = loaders.sets[path]
     batch = collate_pretrain([dataset[i] for i in range(loaders.batch)])
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        normalize_batch(batch)
+        work(batch)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -180,7 +187,9 @@ def main() -> None:
                         help="folder with data/ and cache/ of the demo set, made there when absent "
                              "(default: benchmarks/.data/loader/t{frames}-s{size})")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the tiny preset's)")
-    parser.add_argument("--size", type=int, default=None, help="frame size in px (default: the tiny preset's)")
+    parser.add_argument("--size", type=int, default=None, help="cached frame size in px (default: the tiny preset's)")
+    parser.add_argument("--crop", type=int, default=None, help="training crop in px (default: --size, no crop)")
+    parser.add_argument("--hflip", type=float, default=None, help="flip probability (default: the tiny preset's)")
     parser.add_argument("--clips", type=int, default=64, help="clips to synthesise when the cache is made")
     parser.add_argument("--batch", type=int, default=8, help="clips per batch")
     parser.add_argument("--batches", type=int, default=16, help="timed batches per pass")
@@ -195,21 +204,25 @@ def main() -> None:
     frames, size = args.frames or config.data.num_frames, args.size or config.data.size
     cache = args.cache or DATA_DIR / "loader" / f"t{frames}-s{size}"
     ensure_cache(cache, args.clips, frames, size)
-    loaders = Loaders(cache, args.batch, frames, size)
+    crop = args.crop or size
+    hflip = config.data.hflip_prob if args.hflip is None else args.hflip
+    loaders = Loaders(cache, args.batch, frames, crop, hflip)
     load_before = os.getloadavg()[0]
     print(f"load average {load_before:.2f}; {len(loaders.reader.keys)} clips of {frames} frames at "
-          f"{size} px, targets {', '.join(TARGETS)}, hflip {config.data.hflip_prob}, batch {args.batch}; "
+          f"{size} px, crop {crop} px, targets {', '.join(TARGETS)}, hflip {hflip}, batch {args.batch}; "
           f"torch {torch.__version__}, h5py {h5py.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     rows = []
     print(f"{'loader':<26}{'items':<9}{'clips/s':>10}{'MB/batch':>10}", flush=True)
     for workers in (2, 1, 0, None):  # workers first: nothing has run OpenMP kernels in this process yet
-        for path in ("uint8", "float32"):
+        for path in KINDS:
             row = time_loader(loaders, path, workers, args.batches, args.repeats)
             rows.append(row)
             print(f"{row['loader']:<26}{path:<9}{row['clips_per_s']:>10.0f}{row['batch_mb']:>10.3f}", flush=True)
-    normalise_s = time_normalise(loaders)
+    normalise_s = time_on_device_work(loaders, "uint8", normalize_batch)
     print(f"normalize_batch of one uint8 batch on this CPU: {normalise_s * 1e3:.2f} ms", flush=True)
+    augment_s = time_on_device_work(loaders, "uint8-dev", apply_pending_crop)
+    print(f"apply_pending_crop of one batch on this CPU: {augment_s * 1e3:.2f} ms", flush=True)
 
     shards = time_shards(loaders.reader, False, args.repeats) + time_shards(loaders.reader, True, args.repeats)
     print(f"{'frames content':<20}{'shard':<7}{'MB file':>9}{'MB raw':>9}{'clips/s':>10}{'MB/s':>9}", flush=True)
@@ -217,11 +230,12 @@ def main() -> None:
         print(f"{row['content']:<20}{row['compression']:<7}{row['file_mb']:>9.2f}{row['raw_mb']:>9.2f}"
               f"{row['clips_per_s']:>10.0f}{row['mb_per_s']:>9.0f}", flush=True)
     write_json(str(args.out), {
-        "frames": frames, "size": size, "hflip_prob": config.data.hflip_prob,
+        "frames": frames, "size": size, "crop": crop, "hflip_prob": hflip,
         "targets": list(TARGETS), "batch": args.batch, "batches": args.batches, "repeats": args.repeats,
         "clips": len(loaders.reader.keys), "torch": torch.__version__, "h5py": h5py.__version__,
         "numpy": np.__version__, "threads": torch.get_num_threads(), "load_before": load_before,
-        "load_after": os.getloadavg()[0], "loader": rows, "normalize_batch_cpu_s": normalise_s, "shards": shards})
+        "load_after": os.getloadavg()[0], "loader": rows, "normalize_batch_cpu_s": normalise_s,
+        "apply_pending_crop_cpu_s": augment_s, "shards": shards})
     print(f"wrote {args.out} ({machine()['cpu']})")
 
 
