@@ -231,6 +231,27 @@ def test_batches_cropped_and_flipped_on_the_device_equal_the_loaders(workspace):
         make(device_augment=True, cpu_normalize=True)
 
 
+def test_the_stream_crops_and_flips_before_online_targets_see_the_clip(workspace):
+    reader = CacheReader(workspace / "cache", "synthetic", REFS)
+    tokenizer = build_tokenizer(None, [c for cs in reader.captions.values() for c in cs], vocab_size=200)
+    make = functools.partial(PretrainDataset, reader, read_target_infos(reader, REFS), tokenizer, reader.keys,
+                             3, 32, 16, hflip_prob=0.5, seed=4)
+    seen: dict[str, list[torch.Tensor]] = {"loader": [], "device": []}
+
+    def recorder(place: str):
+        def fill(batch: dict) -> dict:  # what an online target is given: the uint8 clip as trained on
+            seen[place].append(batch["video"].clone())
+            return batch
+        return fill
+
+    for place, dataset in (("loader", make()), ("device", make(device_augment=True))):
+        stream = BatchStream(dataset, collate_pretrain, 4, seed=1, dist=Dist(), device=CPU, fill=recorder(place))
+        for _ in range(4):
+            next(stream)
+    assert all(v.dtype == torch.uint8 and v.shape == (4, 3, 32, 32, 3) for v in seen["device"])
+    assert all(torch.equal(a, b) for a, b in zip(seen["loader"], seen["device"]))
+
+
 # ---- the stream ----------------------------------------------------------------------------------
 
 def _stream(workers: int) -> BatchStream:
