@@ -3,11 +3,14 @@
 Each video is decoded once; that decode feeds every requested target. Work is split across
 processes by a stable hash of the key. Clips are committed in shards of `clips_per_shard`; the
 ledger is written after each commit, and reconciled with the committed shards at start-up, so a
-SIGKILL at any moment loses at most the clips buffered since the last commit.
+SIGKILL at any moment loses at most the clips buffered since the last commit. Decoding runs ahead
+in worker processes (decode_pool.py) and commits run in a writer thread (shard_writer.py), so the
+three stages overlap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -19,6 +22,7 @@ import numpy as np
 
 from mvm_targets.decode_pool import DecodeFailure, decode_in_order
 from mvm_targets.errors import InputError
+from mvm_targets.shard_writer import Flush, ShardWriter
 from mvm_targets.store import schema
 from mvm_targets.store.codecs import codec_of_record
 from mvm_targets.store.damage import open_shard, read
@@ -66,9 +70,10 @@ class ExtractSummary:
 @dataclass
 class StageTime:
     """Where a stage's time went. `busy`: seconds spent doing its work, summed over the processes
-    that did it (decode workers included); `wall`: seconds the extraction loop spent in it or
-    waiting for it. With decode workers, decoding overlaps computing, so decode's wall time is only
-    the time the loop stalled for frames."""
+    that did it (decode workers and the writer thread included); `wall`: seconds the extraction loop
+    spent in it or waiting for it. With decode workers, decoding overlaps computing, so decode's wall
+    time is only the time the loop stalled for frames; shard writes always overlap it (a writer
+    thread), so write's wall time is the time the loop waited for a shard to be written."""
 
     busy: float = 0.0
     wall: float = 0.0
@@ -84,11 +89,13 @@ def bounding_stage(summary: ExtractSummary) -> str | None:
 
 
 def format_stages(summary: ExtractSummary, workers: int = 0) -> str:
-    """One line: each stage's wall time (and decode's busy time when workers overlapped it)."""
+    """One line: each stage's wall time (and the busy time of the stages that overlapped the loop)."""
     parts = []
     for name, stage in summary.stages.items():
         if name == DECODE_STAGE and workers > 0:
             parts.append(f"{name} {stage.wall:.1f}s waited, {stage.busy:.1f}s busy in {workers} worker(s)")
+        elif name == WRITE_STAGE:
+            parts.append(f"{name} {stage.wall:.1f}s waited, {stage.busy:.1f}s busy in the writer thread")
         else:
             parts.append(f"{name} {stage.wall:.1f}s")
     bound = bounding_stage(summary)
@@ -147,6 +154,7 @@ def extract(items: Sequence[VideoItem], targets: Sequence[Target], config: Extra
             if on_progress:
                 on_progress(completed, len(mine))
         writer.add_batch(batch)
+        writer.flush()  # here, not only in `finally`: a full disk met by the last flush is handled below
     except OSError as error:
         if is_out_of_space(error):
             writer.discard()  # nothing more can be written: a rerun computes the buffered clips again
@@ -264,7 +272,9 @@ def _plan(items: Sequence[VideoItem], sets: dict[str, ShardSet], ledger: Ledger,
 
 
 class _BufferedWriter:
-    """Computes targets for batches of decoded clips and commits them shard by shard."""
+    """Computes targets for batches of decoded clips and commits them shard by shard: a full buffer
+    is handed to the writer thread (mvm_targets/shard_writer.py) and written while the next fills.
+    Only this (the main) thread updates the summary."""
 
     def __init__(self, sets: dict[str, ShardSet], targets: list[Target], config: ExtractConfig, ledger: Ledger,
                  summary: ExtractSummary):
@@ -273,6 +283,7 @@ class _BufferedWriter:
         self.pending_done: dict[str, set[str]] = {}  # key -> sets still to be committed
         self.attrs = {set_id: shard_attrs(config, set_id, targets) for set_id in sets}
         self.on_first_batch: Callable[[dict[str, list[ClipRecord]]], None] | None = None
+        self.writer = ShardWriter(sets, self.attrs, config.compression, ledger)
 
     def record_failure(self, key: str, set_ids: set[str], error_class: str, message: str) -> None:
         status = "skipped" if error_class in SKIP_CLASSES else "failed"
@@ -317,38 +328,52 @@ class _BufferedWriter:
             report(added)
         if len(self.buffers[schema.FRAMES_SET]) >= self.config.clips_per_shard or \
                 max(len(b) for b in self.buffers.values()) >= self.config.clips_per_shard:
-            self.flush()
+            self._collect()  # the loop blocks here only while the previous shard is still being written
+            self._hand_over()
 
     def flush(self) -> None:
-        """Commit every buffered set, each shard with its ledger lines (appended under the set's lock;
-        if that append fails the shard is withdrawn), so shards and ledger agree even when a full
-        disk stops us between two sets."""
-        for set_id, records in self.buffers.items():
-            if not records:
-                continue
-
-            def record_done(result, set_id=set_id, records=records):
-                # keys missing from `result` were committed meanwhile by another process, in another shard
-                self.ledger.append(LedgerEntry(r.key, set_id, "done", shard=result.shard.name
-                                               if r.key in result.keys else "") for r in records)
-
-            started = time.perf_counter()
-            result = self.sets[set_id].commit(records, self.attrs[set_id], self.config.compression,
-                                              on_commit=record_done)
-            stage = self.summary.stages.setdefault(WRITE_STAGE, StageTime())
-            stage.busy += time.perf_counter() - started
-            stage.wall = stage.busy
-            if result.shard is None:  # every clip was committed by another process meanwhile
-                self.ledger.append(LedgerEntry(r.key, set_id, "done") for r in records)
-            self.summary.bytes_written += result.bytes_written
-            self.buffers[set_id] = []
-        self.summary.done += len(self.pending_done)
-        self.pending_done = {}
+        """Commit everything buffered and wait until it is written (and the flush before it)."""
+        self._collect()
+        if any(self.buffers.values()):
+            self._hand_over()
+            self._collect()
 
     def discard(self) -> None:
-        """Drop what is buffered (after a write failed: retrying it at exit would fail the same way)."""
+        """Drop what is buffered (after a write failed: retrying it at exit would fail the same way),
+        once the flush in flight has ended."""
+        # The disk is full: the flush in flight most likely failed too, and the error being raised
+        # already says so; what it did commit is consistent and stays.
+        with contextlib.suppress(Exception):
+            self._collect()
         self.buffers = {set_id: [] for set_id in self.buffers}
         self.pending_done = {}
+
+    def _hand_over(self) -> None:
+        """Give the buffered clips to the writer thread (whose previous flush has been collected)."""
+        flush = Flush(records={set_id: records for set_id, records in self.buffers.items() if records},
+                      clips=self.pending_done)
+        emptied = {set_id: [] for set_id in self.buffers}
+        # started before the buffers are emptied: a Ctrl-C in between leaves the clips in both, which
+        # costs a commit that finds them committed, never a lost clip
+        self.writer.start(flush)
+        self.buffers, self.pending_done = emptied, {}
+
+    def _collect(self) -> None:
+        """Wait for the flush in flight and count it; raise its error, keeping what it did not commit
+        buffered, as a failed commit in this thread would have."""
+        flush = self.writer.wait()
+        if flush is None:
+            return
+        write = self.summary.stages.setdefault(WRITE_STAGE, StageTime())
+        write.busy += flush.busy
+        write.wall += flush.waited
+        self.summary.bytes_written += flush.bytes_written
+        if flush.error is not None:
+            for set_id, records in flush.records.items():
+                self.buffers[set_id][:0] = records
+            self.pending_done = flush.clips | self.pending_done
+            raise flush.error
+        self.summary.done += len(flush.clips)
 
 
 def compute_target(target: Target, clips: list[DecodedClip]) -> dict[str, dict[str, np.ndarray] | tuple[str, str]]:
