@@ -47,9 +47,13 @@ def timed_decode(item: VideoItem, config: SamplingConfig) -> tuple[DecodeOutcome
 
 
 def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig, workers: int,
-                    on_busy: Callable[[float], None] | None = None) -> Iterator[tuple[VideoItem, DecodeOutcome]]:
+                    on_busy: Callable[[float], None] | None = None,
+                    read_ahead: int = 0) -> Iterator[tuple[VideoItem, DecodeOutcome]]:
     """Yield (item, outcome) in input order; `workers` > 0 decodes ahead in that many processes.
 
+    At most max(2 * workers, `read_ahead`) clips are submitted and not yet handed over. A caller that
+    takes clips a batch at a time and then computes on the batch passes at least its batch size, so
+    that the workers decode the next batch during that compute instead of idling after two clips.
     `on_busy(seconds)` receives each decode's own duration, measured in the process that decoded.
     """
     report = on_busy or (lambda seconds: None)
@@ -68,7 +72,7 @@ def decode_in_order(items: Sequence[VideoItem], config: SamplingConfig, workers:
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
         while pending or in_flight:
-            while pending and len(in_flight) < 2 * workers:
+            while pending and len(in_flight) < max(2 * workers, read_ahead):
                 item = pending.popleft()
                 in_flight.append((item, pool.submit(timed_decode, item, config)))
             item, future = in_flight.popleft()

@@ -212,7 +212,9 @@ def _clips_in_order(work: list[tuple[VideoItem, set[str]]], frames_set: ShardSet
     def add_busy(seconds: float) -> None:
         stage.busy += seconds
 
-    yield from decode_in_order(to_decode, config.sampling, config.workers, on_busy=add_busy)
+    # a batch ahead: the workers decode the next batch while this one is computed and written
+    yield from decode_in_order(to_decode, config.sampling, config.workers, on_busy=add_busy,
+                               read_ahead=config.batch_size + 2 * config.workers)
 
 
 def _read_cached_clips(items: list[VideoItem], frames_set: ShardSet) -> Iterator[tuple[VideoItem, DecodedClip]]:
