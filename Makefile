@@ -20,8 +20,11 @@ install:
 demo: install
 	bash scripts/demo.sh
 
+# two test processes (pytest-xdist), each test file whole in one of them so that a file's shared
+# fixtures are built once; TEST_JOBS=0 runs them in one process
+TEST_JOBS ?= 2
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 bench: install
 	$(PYTHON) benchmarks/run_all.py
