@@ -21,7 +21,8 @@ Format (every key but `axes`/`zip` optional; unknown top-level keys are errors):
     exclude:                        # drop every run that matches all keys of one rule
       - {mvm.targets: ["flow:dis"], mask.ratio: 0.15}
     seeds: [0, 1]                   # the replicate axis (config key `seed`); default [base seed]
-    baseline: {mvm.targets: []}     # the reference cell for deltas in the report
+    baseline: {mvm.targets: []}     # the reference cell for deltas in the report; naming one key of
+                                    # a zip group names that group's row (its partners are filled in)
     labels: {mvm.targets: target}   # short axis names for aliases and report columns
 
 Runs are ordered as the product of the axes in file order (zip groups after the plain axes), with
@@ -46,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablations.grid_sections import (SEED_KEY, Dimension, GridError, check_field, describe_assignment, load_base,
-                                     matches, merge, nest, parse_assignments, parse_axes, parse_labels, parse_seeds)
+from ablations.grid_sections import (SEED_KEY, Dimension, GridError, check_field, complete_paired,
+                                     describe_assignment, load_base, matches, merge, nest, parse_assignments,
+                                     parse_axes, parse_labels, parse_seeds)
 from ablations.identity import IDENTITY_EXCLUDED, format_value, run_id, safe_name, value_key
 from mvm_targets.names import name_problem
 from mvm_targets.targets.spec import ref_key
@@ -151,7 +153,7 @@ def expand(spec: Mapping[str, Any], path: str | Path = "<grid>", overrides: Mapp
     exclude = parse_assignments(spec.get("exclude") or [], "exclude", values, fail, allow_seed=True)
     baseline_rules = parse_assignments([spec["baseline"]] if spec.get("baseline") else [], "baseline", values, fail,
                                         allow_seed=False)
-    baseline = baseline_rules[0] if baseline_rules else {}
+    baseline = complete_paired(baseline_rules[0], dimensions, "baseline", fail) if baseline_rules else {}
     cache = spec.get("cache") or {}
     if not isinstance(cache, Mapping):
         raise fail("cache", f"must be a mapping, got {cache!r}")

@@ -174,6 +174,26 @@ def parse_assignments(rules: Any, section: str, values: dict[str, list[Any]], fa
     return parsed
 
 
+def complete_paired(assignment: dict[str, Any], dimensions: list[Dimension], section: str,
+                    fail: Fail) -> dict[str, Any]:
+    """`assignment` with the partners of every paired (zip) key it names: naming one key of a zip
+    group names the group's row with that value, so the baseline `{mvm.targets: []}` of a group that
+    pairs targets with their options is the row of [] and its own options, and a cell is compared to
+    the baseline's row rather than to a combination the grid never runs."""
+    out = dict(assignment)
+    for keys, rows in dimensions:
+        named = [k for k in keys if k in assignment]
+        if len(keys) < 2 or not named:
+            continue
+        hits = [row for row in rows if all(value_key(row[keys.index(k)]) == value_key(assignment[k]) for k in named)]
+        if len(hits) != 1:
+            problem = "is not one of its rows" if not hits else f"matches {len(hits)} of its rows; name the others too"
+            raise fail(section, f"{describe_assignment({k: assignment[k] for k in named}, {})} of the paired "
+                                f"keys {', '.join(keys)} {problem}")
+        out.update({k: v for k, v in zip(keys, hits[0]) if k not in out})
+    return out
+
+
 def matches(factors: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
     return all(value_key(factors[k]) == value_key(v) for k, v in rule.items())
 

@@ -87,6 +87,30 @@ def test_a_paired_key_may_repeat_a_value_beside_different_partners(tmp_path):
     assert len({r.run_id for r in grid.runs}) == 3
 
 
+def test_a_baseline_naming_one_paired_key_is_the_whole_row_of_its_zip_group(tmp_path):
+    path = write_grid(tmp_path, """
+        zip:
+          - {mvm.targets: [[], [hog], [pixel]], mask.ratio: [0.3, 0.15, 0.15]}
+        baseline: {mvm.targets: []}
+        """)
+    assert load_grid(path).baseline == {"mvm.targets": [], "mask.ratio": 0.3}
+    ambiguous = write_grid(tmp_path, """
+        zip:
+          - {mvm.targets: [[], [hog], [pixel]], mask.ratio: [0.3, 0.15, 0.15]}
+        baseline: {mask.ratio: 0.15}
+        """)
+    with pytest.raises(GridError, match=r"baseline: mask.ratio=0.15 of the paired keys mvm.targets, mask.ratio "
+                                        r"matches 2 of its rows; name the others too"):
+        load_grid(ambiguous)
+    absent = write_grid(tmp_path, """
+        zip:
+          - {mvm.targets: [[], [hog], [pixel]], mask.ratio: [0.3, 0.15, 0.15]}
+        baseline: {mvm.targets: [], mask.ratio: 0.15}
+        """)
+    with pytest.raises(GridError, match="is not one of its rows"):
+        load_grid(absent)
+
+
 def test_exclude_drops_exactly_the_matching_runs(tmp_path):
     grid = load_grid(product_grid(tmp_path, """
         exclude:
