@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +10,12 @@ from typing import Sequence
 import av
 import numpy as np
 import pytest
+
+# A test run started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every command the tests start and then interrupt with Ctrl-C. A handler here becomes the
+# default disposition in a child at exec, which is what a user's terminal gives the command.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 INDEX_STEP = 6  # frame i is painted with brightness 20 + 6 i: survives lossy coding, decodable by rounding
