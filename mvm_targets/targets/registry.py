@@ -6,11 +6,19 @@ official code's names are accepted as aliases. A target module registers a facto
 satisfying `Target`. Every module of this package is discovered by itself, and other packages add
 targets through the `mvm_targets.targets` entry-point group (each entry point names a module that
 registers its targets on import). A name registered twice is an error.
+
+Looking up one target imports as little as it can: the module of this package named after the target
+(`pixel` -> targets/pixel.py) when that module registers it, and every module and plugin only for
+other names and for listings. So a run that uses `pixel` and `sif` never imports hog's numba or
+flow's OpenCV, and works on a host that lacks them. A plugin registering a built-in name is reported
+once something lists the targets (or names one that is not a built-in).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 from typing import Any, Callable
 
 from mvm_targets.errors import MvmTargetsError
@@ -66,8 +74,8 @@ def register_target(name: str, variants: tuple[str, ...],
 
 def canonical_name(name: str) -> str:
     """Map an alias (`2d_feature`) to its paper name (`sif`) and check that it is known."""
-    _load_builtin_targets()
     resolved = ALIASES.get(name, name)
+    load_target(resolved)
     if resolved not in _FACTORIES:
         known = ", ".join(list_targets())
         aliases = ", ".join(f"{a}={p}" for a, p in ALIASES.items())
@@ -134,8 +142,8 @@ def list_variants(name: str) -> tuple[str, ...]:
 def is_default_variant(name: str, variant: str) -> bool:
     """Whether a bare `name` means `variant` (the first variant registered). A target that no module
     registers (one built in code and handed to `extract`) has only the variant it was written with."""
-    _load_builtin_targets()
     resolved = ALIASES.get(name, name)
+    load_target(resolved)
     return resolved not in _DEFAULT_VARIANTS or _DEFAULT_VARIANTS[resolved] == variant
 
 
@@ -148,8 +156,8 @@ def declared_spec(name: str, variant: str, grid: str | None = None) -> TargetSpe
     variant on that grid (a record from another build keeps its target's declarations). None when
     no module here registers the target, or no variant fits, or it cannot be built here.
     """
-    _load_builtin_targets()
     name = ALIASES.get(name, name)
+    load_target(name)
     if name not in _FACTORIES:
         return None
     if variant in _VARIANTS[name]:
@@ -180,6 +188,22 @@ def _spec_without_weights(name: str, variant: str) -> TargetSpec | None:
         return None
 
 
+def load_target(name: str) -> None:
+    """Make sure the module registering target `name` (no alias) is imported: the module of this package
+    named after it when that one registers it, else every module and plugin (`list_targets`). Unknown
+    names raise nothing here; `canonical_name` says they are unknown."""
+    if name in _FACTORIES:
+        return
+    if name.isidentifier():
+        own = f"{__package__}.{name}"
+        # only a module that exists is imported: a missing one is an unknown name, not an ImportError
+        if importlib.util.find_spec(own) is not None:
+            importlib.import_module(own)
+            if name in _FACTORIES:
+                return
+    _load_builtin_targets()
+
+
 def _load_builtin_targets() -> None:
     # Importing a module runs its @register_target decorators; done lazily (and once) so that
     # `spec`/`registry` stay importable from inside the target modules themselves.
@@ -187,7 +211,6 @@ def _load_builtin_targets() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    import importlib
     import pkgutil
     from importlib.metadata import entry_points
 

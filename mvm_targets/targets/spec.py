@@ -130,9 +130,9 @@ def augmentation_for(record: Mapping[str, Any]) -> Augmentation:
 
 @functools.lru_cache(maxsize=None)
 def _augmentation(name: str, variant: str, params: str, stored: tuple[str, int]) -> Augmentation:
-    from mvm_targets.targets.registry import list_targets
+    from mvm_targets.targets.registry import load_target
 
-    list_targets()  # imports the built-in target modules, which register their builders
+    load_target(name)  # imports the target's module, which registers its builder
     builder = _AUGMENTATIONS.get(name)
     if builder is not None:
         return builder(variant, json.loads(params))
