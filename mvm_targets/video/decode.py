@@ -6,6 +6,10 @@ when the next sample lies in the same group of pictures. Rotation metadata is ho
 
 The plan (which frames) and the geometry (resize, rotation, crop) are shared with the optional
 torchcodec reader (`decode_torchcodec.py`): a decoder only supplies the frames' pixels.
+
+PyAV is imported where a video is opened or its version asked, not with this module: `DecodedClip`
+and `SamplingConfig` are also used where nothing is decoded (frames cached from arrays by
+mvm_targets/cache_frames.py, readers and trainers), on hosts that need not have PyAV.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import av
 import numpy as np
 
 from mvm_targets.errors import VideoError
 from mvm_targets.video.geometry import centre_crop, rotate_to_display, rotated_size, short_side_resize
 from mvm_targets.video.sampling import segment_middle_indices
+
+if TYPE_CHECKING:
+    import av
 
 RESIZE_INTERPOLATION = "AREA"  # swscale area averaging: alias-free down-scaling
 DECODERS = ("pyav", "torchcodec")
@@ -116,6 +122,8 @@ def decoder_version(decoder: str = "pyav", device: str = "cpu") -> str:
         from mvm_targets.video.decode_torchcodec import torchcodec_version
 
         return torchcodec_version(device)
+    import av
+
     libavcodec = ".".join(map(str, av.library_versions.get("libavcodec", ())))
     return f"pyav {av.__version__} (libavcodec {libavcodec})"
 
@@ -136,6 +144,8 @@ def decode_clip(key: str, path: Path, config: SamplingConfig) -> DecodedClip:
 
 def open_video(path: Path):
     """An open PyAV container for `path`; raise VideoError for a missing, empty or unreadable file."""
+    import av
+
     path = Path(path)
     if not path.exists():
         raise VideoError("FileNotFound", f"{path}: no such file")
@@ -165,6 +175,8 @@ def plan_clip(container, path: Path, config: SamplingConfig) -> ClipPlan:
 
 def _packet_index(container, stream, path: Path) -> tuple[list[int], list[int], int]:
     """Sorted presentation timestamps, key-frame timestamps and end time, from demuxing only."""
+    import av
+
     pts, keyframes, durations = [], [], []
     try:
         for packet in container.demux(stream):
@@ -189,6 +201,8 @@ def _packet_index(container, stream, path: Path) -> tuple[list[int], list[int], 
 def _seek_decode(container, stream, wanted: list[int], keyframes: list[int], path: Path,
                  size: int) -> tuple[dict[int, np.ndarray], int]:
     """Decode the frames whose pts are in `wanted` (ascending). Returns {pts: (S, S, 3)}, rotation."""
+    import av
+
     frames: dict[int, np.ndarray] = {}
     rotation = 0
     decoder, position = None, None  # position: pts of the last decoded frame
