@@ -8,6 +8,13 @@ budget is spent or something it needs is missing):
   profile   the CUDA kernels that take the most time in one step (which attention kernel runs);
   mvm       the overhead of a cached MVM target per layout (patch features, dense pixels, tokens);
   search    the largest batch that fits (doubling, then bisection), and the step there;
+  loader    clips/s the pretraining loader (PretrainDataset + collate_pretrain through the trainer's
+            BatchStream: persistent workers, pinned memory on CUDA) hands to the device with 0, 4 and 8
+            worker processes, at the fixed batch, on a cache of 64 synthetic clips at the step's T and
+            S written without decoding (benchmarks/loader_bench.py: frames, captions, sif's Swin-B
+            feature layout (T, (S/32)^2, 1024) float16, pixel derived from the frames); against the
+            clips/s the eager step consumes at batch 8 and at the largest batch, where this run
+            measured them (ratio = loader / step; target: >= 3x with workers);
   compiled  the same step with the video and fusion encoders compiled (violet_core/compiled.py),
             at batch 8 and at the largest batch; compile time reported apart from step time;
   teachers  MVM teachers through `Target.compute` at random weights (benchmarks/teacher_bench.py):
@@ -18,9 +25,10 @@ budget is spent or something it needs is missing):
     PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR]       # writes DIR/gpu_suite.json
     PYTHONPATH=. python benchmarks/gpu_suite.py --smoke           # CPU, tiny model, seconds
 
-The JSON goes to --out, else to $OUT when set. Inputs are synthetic tensors of the trainer's batch
-layout (no video decoding, no shard store), so this needs only torch, transformers, h5py, numpy
-and this repository; nothing here imports PyAV, DALL-E or OpenCV (the teachers section measures vq
+The JSON goes to --out, else to $OUT when set. The step's inputs are synthetic tensors of the
+trainer's batch layout; the loader section writes its own small shard store in a temporary folder
+(no video decoding), so this needs only torch, transformers, timm, h5py, numpy and this repository;
+nothing here imports PyAV, DALL-E, OpenCV, numba or scikit-image (the teachers section measures vq
 only where DALL-E imports, and needs timm for sif).
 
 MFU = step FLOPs / step time / peak, against the data-sheet dense bf16 peak of a known GPU (or
@@ -68,6 +76,8 @@ GPU_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H
                         "L40S": 362.0}
 
 CLS_ID, SEP_ID, PAD_ID, MASK_ID, FIRST_WORD_ID = 1, 2, 0, 3, 5
+# the loader should outpace the step with room to spare: a slower epoch, a busier host, MVM targets
+LOADER_TARGET_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -484,6 +494,53 @@ class Suite:
         self.results.setdefault("compiled", {})[str(batch)] = row
         self.compile_s = compile_s
 
+    def step_consumption(self) -> dict[str, dict[str, float]]:
+        """{batch: step seconds and clips/s} of the eager step at the fixed batch and at the largest
+        batch, for those this run measured."""
+        eager = self.results.get("eager", {})
+        rows = {}
+        for batch in dict.fromkeys((self.args.batch, self.largest)):
+            row = eager.get(str(batch))
+            if batch and row:
+                rows[str(batch)] = {"step_s": row["step_s"], "clips_per_s": batch / row["step_s"],
+                                    "largest": batch == self.largest}
+        return rows
+
+    def loader(self) -> None:
+        import shutil
+        import tempfile
+
+        import loader_bench  # imported here: a failure skips this section only
+
+        args, shape = self.args, self.shape
+        root = Path(tempfile.mkdtemp(prefix="gpu_suite_loader_"))
+        try:
+            cache = loader_bench.build_cache(root, args.loader_clips, shape.frames, shape.size)
+            print(f"loader cache: {cache['clips']} clips of {shape.frames} x {shape.size} px, "
+                  f"{' + '.join(cache['targets'])} ({loader_bench.FEATURE_TARGET} {tuple(cache['feature_shape'])} "
+                  f"{cache['feature_dtype']}); frames {cache['frames_mb']:.1f} MB stored of "
+                  f"{cache['frames_raw_mb']:.1f} MB raw; written in {cache['write_s']:.1f} s "
+                  f"(spec {cache['spec_s']:.1f} s)", flush=True)
+            dataset = loader_bench.build_dataset(root, shape.frames, shape.size, shape.text_len, self.device)
+            steps = self.step_consumption()
+            rows: dict[str, Any] = {}
+            for workers in args.loader_workers:
+                left = args.budget_s - self.elapsed()
+                if left < (0.0 if args.smoke else 10.0):
+                    self.skip(f"loader.workers_{workers}",
+                              f"time budget: {max(left, 0):.0f} s of {args.budget_s:.0f} s left")
+                    continue
+                row = loader_bench.loader_rate(dataset, args.batch, workers, self.device,
+                                               timed=max(args.loader_batches, 4 * workers))
+                row["ratio"] = {batch: row["clips_per_s"] / step["clips_per_s"] for batch, step in steps.items()}
+                rows[str(workers)] = row
+                print(loader_line(row, steps), flush=True)
+            self.results["loader"] = {"cache": cache, "batch": args.batch, "step": steps, "workers": rows,
+                                      **loader_verdict(rows, steps)}
+            print(self.results["loader"]["verdict"], flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
     def teachers(self) -> None:
         from mvm_targets.teachers import runtime
 
@@ -529,6 +586,9 @@ class Suite:
             self.run("mvm", self.mvm)
         if self.wanted("search"):
             self.run("search", self.search)
+        # after the step sections, whose times it is compared with; before the long compile
+        if self.wanted("loader", needs_s=0.0 if self.args.smoke else 30.0):
+            self.run("loader", self.loader)
         # a base-sized compile takes a minute or more and cannot be cut short: start it only with time left
         if self.wanted("compiled", needs_s=0.0 if self.args.smoke else 90.0):
             self.run("compiled", lambda: self.compiled(self.args.batch))
@@ -543,6 +603,37 @@ class Suite:
             self.run("teachers", self.teachers)
         self.results["wall_s"] = self.elapsed()
         return self.results
+
+
+def loader_line(row: dict[str, Any], steps: dict[str, dict[str, float]]) -> str:
+    """One worker count's printout: its clips/s and how many times the step's consumption that is."""
+    line = f"loader {row['workers']:>2} worker{'' if row['workers'] == 1 else 's'}: {row['clips_per_s']:8.1f} clips/s"
+    if not steps:
+        return line + " (the step was not measured in this run)"
+    return line + "; " + ", ".join(f"{row['ratio'][batch]:.2f}x the step's {step['clips_per_s']:.1f} clips/s "
+                                   f"at batch {batch}" for batch, step in steps.items())
+
+
+def loader_verdict(rows: dict[str, dict[str, Any]], steps: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The acceptance target against the best rate with worker processes: met when that rate is at least
+    LOADER_TARGET_RATIO times the step's consumption at every batch measured; None when the step or the
+    worker rows are missing."""
+    target = f"loader >= {LOADER_TARGET_RATIO:g}x the step's consumption with workers"
+    with_workers = [row for row in rows.values() if row["workers"] > 0]
+    if not with_workers:
+        return {"target": target, "meets_target": None, "verdict": f"{target}: not judged, no worker count ran"}
+    best = max(with_workers, key=lambda row: row["clips_per_s"])
+    summary = {"target": target, "target_ratio": LOADER_TARGET_RATIO, "best_workers": best["workers"],
+               "best_clips_per_s": best["clips_per_s"]}
+    if not steps:
+        return {**summary, "meets_target": None,
+                "verdict": f"{target}: not judged, the step was not measured in this run "
+                           f"(best: {best['clips_per_s']:.1f} clips/s with {best['workers']} workers)"}
+    meets = all(ratio >= LOADER_TARGET_RATIO for ratio in best["ratio"].values())
+    ratios = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in best["ratio"].items())
+    return {**summary, "meets_target": meets,
+            "verdict": f"{target}: {'met' if meets else 'NOT met'} (best: {best['workers']} workers, "
+                       f"{best['clips_per_s']:.1f} clips/s: {ratios})"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -567,8 +658,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0 freezes the Video Swin, as the tiny CPU config does (default 1: trained)")
     parser.add_argument("--compile-backend", help="torch.compile backend (default inductor; smoke: eager)")
     parser.add_argument("--only", nargs="+",
-                        choices=("matmul", "eager", "profile", "mvm", "search", "compiled", "teachers"),
+                        choices=("matmul", "eager", "profile", "mvm", "search", "loader", "compiled", "teachers"),
                         help="run only these sections")
+    parser.add_argument("--loader-workers", nargs="+", type=int,
+                        help="loader worker processes to measure (default 0 4 8; smoke 0 1)")
+    parser.add_argument("--loader-clips", type=int, help="clips in the loader's cache (default 64; smoke 8)")
+    parser.add_argument("--loader-batches", type=int,
+                        help="timed loader batches per worker count, at least 4 per worker (default 16; smoke 2)")
     parser.add_argument("--teachers", nargs="+", choices=sorted(teacher_bench.TEACHERS),
                         help="teachers to measure (default: all; smoke: a tiny tvf)")
     parser.add_argument("--teacher-clips", type=int, help="clips per compute call (default 8; smoke 1)")
@@ -584,10 +680,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # smoke: one thread, as a small model on a busy CPU spends its time waiting for descheduled threads
     defaults = dict(shape="smoke", device="cpu", batch=2, max_batch=4, granule=1, steps=2, warmup=0, matmul_n=128,
                     compile_backend="eager", budget_s=120.0, threads=1, teacher_clips=1, teacher_frames=2,
-                    teacher_size=64, teacher_steps=1) if args.smoke else \
+                    teacher_size=64, teacher_steps=1, loader_workers=[0, 1], loader_clips=8,
+                    loader_batches=2) if args.smoke else \
         dict(shape="base", device="cuda" if torch.cuda.is_available() else "cpu", batch=8, max_batch=512, granule=4,
              steps=10, warmup=3, matmul_n=None, compile_backend=None, budget_s=270.0, threads=None, teacher_clips=8,
-             teacher_frames=4, teacher_size=224, teacher_steps=3)
+             teacher_frames=4, teacher_size=224, teacher_steps=3, loader_workers=[0, 4, 8], loader_clips=64,
+             loader_batches=16)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -600,9 +698,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.teacher_size <= 0 or args.teacher_size % 32:
         parser.error(f"--teacher-size {args.teacher_size}: must be a positive multiple of 32 (the teachers' patch grid)")
     for key in ("batch", "max_batch", "granule", "steps", "matmul_n", "teacher_clips", "teacher_frames",
-                "teacher_steps"):
+                "teacher_steps", "loader_clips", "loader_batches"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if min(args.loader_workers) < 0:
+        parser.error(f"--loader-workers must be at least 0, got {min(args.loader_workers)}")
+    if args.loader_clips < args.batch:
+        parser.error(f"--loader-clips {args.loader_clips}: fewer than one batch (--batch {args.batch})")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
     return args
