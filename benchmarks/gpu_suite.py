@@ -607,7 +607,8 @@ class Suite:
 
 def loader_line(row: dict[str, Any], steps: dict[str, dict[str, float]]) -> str:
     """One worker count's printout: its clips/s and how many times the step's consumption that is."""
-    line = f"loader {row['workers']:>2} worker{'' if row['workers'] == 1 else 's'}: {row['clips_per_s']:8.1f} clips/s"
+    noun = "worker: " if row["workers"] == 1 else "workers:"
+    line = f"loader {row['workers']:>2} {noun} {row['clips_per_s']:8.1f} clips/s"
     if not steps:
         return line + " (the step was not measured in this run)"
     return line + "; " + ", ".join(f"{row['ratio'][batch]:.2f}x the step's {step['clips_per_s']:.1f} clips/s "
