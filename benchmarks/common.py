@@ -39,3 +39,12 @@ def write_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a torch.device) when it is a GPU, so a timer reads
+    finished work; nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        import torch  # here: the CPU-only benchmarks that use this module need not import torch
+
+        torch.cuda.synchronize(device)

@@ -58,7 +58,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, synchronize  # noqa: E402
 import teacher_bench  # noqa: E402
 
 from violet_core.config import ModelConfig, OptimConfig  # noqa: E402
@@ -185,11 +185,6 @@ class StepRunner:
         from violet_core.compiled import compile_model  # imported here: absent from older checkouts
 
         compile_model(self.model, **options)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def release(device: torch.device) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from common import synchronize
 from mvm_targets.cache_frames import cache_decoded_clips
 from mvm_targets.store.reader import CacheReader
 from mvm_targets.targets.registry import build_without_weights
@@ -137,19 +138,14 @@ def loader_rate(dataset: PretrainDataset, batch: int, workers: int, device: torc
         started = time.perf_counter()
         for _ in range(warmup):
             next(stream)
-        _synchronize(device)
+        synchronize(device)
         warm = time.perf_counter()
         for _ in range(timed):
             next(stream)
-        _synchronize(device)
+        synchronize(device)
         seconds = time.perf_counter() - warm
     finally:
         del stream  # its loader's iterator ends the worker processes
         gc.collect()
     return {"workers": workers, "clips_per_s": timed * batch / seconds, "batches": timed, "seconds": seconds,
             "warmup_batches": warmup, "warmup_s": warm - started}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
